@@ -1,0 +1,470 @@
+"""The op registry: each op's forward, its shape rule and one vector-Jacobian
+product (VJP) per input, declared together in one place.
+
+A VJP has the signature ``vjp(g, out, *inputs, **attrs)`` where ``g`` is dE/d(out)
+and returns dE/d(that input), or ``None`` when no gradient flows to that input.
+It may return a gradient of the *broadcast* shape: the engine sums it back to the
+input's shape (``unbroadcast``) once, for every op.  Adding an op touches only
+this file: call ``defop`` and write the node-building function next to it.
+"""
+
+import builtins
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from . import shapes as S
+from .errors import NodeTypeError, ShapeError, UnknownOpError
+from .node import Node
+
+
+@dataclass(frozen=True)
+class OpDef:
+    name: str
+    forward: Callable
+    vjps: tuple  # one function per input; for a variadic op a single function vjp(i, g, out, *xs)
+    shape: Callable  # shape(*input_shapes, **attrs) -> static output shape
+    variadic: bool = False
+
+    def vjp(self, i, g, out, values, attrs):
+        if self.variadic:
+            return self.vjps[0](i, g, out, *values, **attrs)
+        if i >= len(self.vjps):
+            raise UnknownOpError(f"op '{self.name}' has no derivative rule for input {i}")
+        return self.vjps[i](g, out, *values, **attrs)
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def defop(name, forward, vjps, shape, variadic=False):
+    """Register an op: forward(*values, **attrs), its VJPs and its shape rule."""
+    if name in REGISTRY:
+        raise ValueError(f"op '{name}' is already registered")
+    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic)
+    return REGISTRY[name]
+
+
+def get(name):
+    """The OpDef for ``name``; an unknown op fails with its name."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownOpError(
+            f"unknown op '{name}': no forward or derivative rule is registered for it "
+            f"(known ops: {', '.join(sorted(REGISTRY))}); register it with tinygraph.ops.defop") from None
+
+
+def unbroadcast(grad, shape):
+    """Sum a gradient of a broadcast shape back to ``shape`` (the input's)."""
+    grad = np.asarray(grad)
+    if grad.shape == tuple(shape):
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra > 0:
+        grad = grad.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+# ----------------------------------------------------------------- building nodes
+
+def _graph_of(args, opname):
+    graph = None
+    for a in args:
+        if isinstance(a, Node):
+            if graph is None:
+                graph = a.graph
+            elif a.graph is not graph:
+                raise NodeTypeError(
+                    f"{opname}: node '{a.name}' belongs to graph '{a.graph.name}' but the other operands "
+                    f"belong to graph '{graph.name}'; build every node of one expression in one graph")
+    if graph is None:
+        raise NodeTypeError(f"{opname}: at least one operand must be a tinygraph Node, got "
+                            f"{', '.join(type(a).__name__ for a in args)}")
+    return graph
+
+
+def apply(opname, args, attrs=None, name=None):
+    """Build a node for op ``opname`` on ``args`` (nodes, or constants to lift)."""
+    op = get(opname)
+    attrs = dict(attrs or {})
+    graph = _graph_of(args, opname)
+    inputs = tuple(a if isinstance(a, Node) else graph.const(a) for a in args)
+    try:
+        shape = tuple(op.shape(*(n.shape for n in inputs), **attrs))
+    except S.ShapeMismatch as exc:
+        described = ", ".join(f"'{n.name}' {S.fmt(n.shape)}" for n in inputs)
+        label = f" '{name}'" if name else ""
+        raise ShapeError(f"{opname}{label}: {exc} (inputs: {described})") from None
+    return graph._add_node(opname, inputs, shape, attrs, name)
+
+
+# ----------------------------------------------------------------- elementwise arithmetic
+
+def _bshape(*shapes):
+    return S.broadcast(*shapes)
+
+
+defop("add", np.add, (lambda g, out, a, b: g, lambda g, out, a, b: g), _bshape)
+defop("sub", np.subtract, (lambda g, out, a, b: g, lambda g, out, a, b: -g), _bshape)
+defop("mul", np.multiply, (lambda g, out, a, b: g * b, lambda g, out, a, b: g * a), _bshape)
+defop("div", np.divide, (lambda g, out, a, b: g / b, lambda g, out, a, b: -g * out / b), _bshape)
+defop("neg", np.negative, (lambda g, out, a: -g,), lambda s: s)
+
+
+def _pow_vjp(g, out, x, *, exponent):
+    if exponent == 2:
+        return g * 2.0 * x
+    return g * exponent * x ** (exponent - 1)
+
+
+defop("pow", lambda x, *, exponent: x ** exponent, (_pow_vjp,), lambda s, *, exponent: s)
+
+
+def add(a, b, *, name=None):
+    """a + b with numpy broadcasting."""
+    return apply("add", (a, b), name=name)
+
+
+def sub(a, b, *, name=None):
+    """a - b with numpy broadcasting."""
+    return apply("sub", (a, b), name=name)
+
+
+def mul(a, b, *, name=None):
+    """Elementwise a * b with numpy broadcasting."""
+    return apply("mul", (a, b), name=name)
+
+
+def div(a, b, *, name=None):
+    """Elementwise a / b with numpy broadcasting."""
+    return apply("div", (a, b), name=name)
+
+
+def neg(a, *, name=None):
+    return apply("neg", (a,), name=name)
+
+
+def pow(x, exponent, *, name=None):  # noqa: A001 - mirrors the operator's name
+    """x ** exponent for a scalar (Python number) exponent."""
+    if isinstance(exponent, Node) or np.ndim(exponent) != 0:
+        raise NodeTypeError(
+            f"pow: the exponent must be a Python number, got {type(exponent).__name__}; "
+            f"for a node exponent write tg.exp(e * tg.log(x))")
+    return apply("pow", (x,), {"exponent": float(exponent)}, name=name)
+
+
+# ----------------------------------------------------------------- matmul
+
+def _swap(x):
+    return np.swapaxes(x, -1, -2)
+
+
+def _matmul_vjp_a(g, out, a, b):
+    if b.ndim == 1:
+        return g[..., None] * b
+    if a.ndim == 1:
+        return (b @ g[..., None])[..., 0]
+    return g @ _swap(b)
+
+
+def _matmul_vjp_b(g, out, a, b):
+    if a.ndim == 1 and b.ndim == 1:
+        return g * a
+    if a.ndim == 1:
+        return a[:, None] * g[..., None, :]
+    if b.ndim == 1:
+        return (_swap(a) @ g[..., None])[..., 0]
+    return _swap(a) @ g
+
+
+defop("matmul", np.matmul, (_matmul_vjp_a, _matmul_vjp_b), S.matmul)
+
+
+def matmul(a, b, *, name=None):
+    """a @ b: 2-D, 1-D and batched (leading axes broadcast) as in numpy."""
+    return apply("matmul", (a, b), name=name)
+
+
+# ----------------------------------------------------------------- nonlinearities
+
+def _logistic(x):
+    # 0.5 * (1 + tanh(x / 2)) is the logistic function without overflow for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _same_shape(s):
+    return s
+
+
+defop("exp", np.exp, (lambda g, out, x: g * out,), _same_shape)
+defop("log", np.log, (lambda g, out, x: g / x,), _same_shape)
+# tanh and logistic differentiate from their stored output: no second transcendental call
+defop("tanh", np.tanh, (lambda g, out, x: g * (1.0 - out * out),), _same_shape)
+defop("logistic", _logistic, (lambda g, out, x: g * out * (1.0 - out),), _same_shape)
+defop("relu", lambda x: np.maximum(x, 0.0), (lambda g, out, x: g * (x > 0),), _same_shape)
+defop("stop_gradient", lambda x: x, (lambda g, out, x: None,), _same_shape)
+
+
+def exp(x, *, name=None):
+    return apply("exp", (x,), name=name)
+
+
+def log(x, *, name=None):
+    return apply("log", (x,), name=name)
+
+
+def tanh(x, *, name=None):
+    return apply("tanh", (x,), name=name)
+
+
+def logistic(x, *, name=None):
+    """The logistic sigmoid 1 / (1 + exp(-x))."""
+    return apply("logistic", (x,), name=name)
+
+
+sigmoid = logistic
+
+
+def relu(x, *, name=None):
+    return apply("relu", (x,), name=name)
+
+
+def stop_gradient(x, *, name=None):
+    """Identity forward; no gradient flows back through it (a cut in the graph)."""
+    return apply("stop_gradient", (x,), name=name)
+
+
+def _softmax(x, *, axis):
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def _log_softmax(x, *, axis):
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def _axis_shape(s, *, axis):
+    S.normalize_axis(axis, len(s))
+    return s
+
+
+defop("softmax", _softmax,
+      (lambda g, out, x, *, axis: out * (g - np.sum(g * out, axis=axis, keepdims=True)),), _axis_shape)
+defop("log_softmax", _log_softmax,
+      (lambda g, out, x, *, axis: g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),), _axis_shape)
+
+
+def softmax(x, axis=-1, *, name=None):
+    return apply("softmax", (x,), {"axis": axis}, name=name)
+
+
+def log_softmax(x, axis=-1, *, name=None):
+    return apply("log_softmax", (x,), {"axis": axis}, name=name)
+
+
+# ----------------------------------------------------------------- reductions and shape ops
+
+def _expand_reduced(g, x, axis, keepdims):
+    if not keepdims and axis is not None:
+        g = np.expand_dims(g, S.normalize_axis(axis, x.ndim))
+    return np.broadcast_to(g, x.shape)
+
+
+def _count(x, axis):
+    axes = S.normalize_axis(axis, x.ndim)
+    return int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+
+
+defop("sum", lambda x, *, axis, keepdims: np.sum(x, axis=axis, keepdims=keepdims),
+      (lambda g, out, x, *, axis, keepdims: _expand_reduced(g, x, axis, keepdims),),
+      lambda s, *, axis, keepdims: S.reduce(s, axis, keepdims))
+defop("mean", lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdims),
+      (lambda g, out, x, *, axis, keepdims: _expand_reduced(g, x, axis, keepdims) / max(_count(x, axis), 1),),
+      lambda s, *, axis, keepdims: S.reduce(s, axis, keepdims))
+
+
+def _axis_attr(axis):
+    if axis is None or isinstance(axis, (int, np.integer)):
+        return None if axis is None else int(axis)
+    return tuple(int(a) for a in axis)
+
+
+def sum(x, axis=None, keepdims=False, *, name=None):  # noqa: A001 - numpy's name
+    """Sum over ``axis`` (int, tuple or None for all)."""
+    return apply("sum", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name=name)
+
+
+def mean(x, axis=None, keepdims=False, *, name=None):
+    """Mean over ``axis`` (int, tuple or None for all)."""
+    return apply("mean", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name=name)
+
+
+defop("reshape", lambda x, *, shape: np.reshape(x, shape),
+      (lambda g, out, x, *, shape: np.reshape(g, x.shape),),
+      lambda s, *, shape: S.reshape(s, shape))
+
+
+def reshape(x, shape, *, name=None):
+    """Reshape; one axis may be -1 (e.g. the batch axis)."""
+    return apply("reshape", (x,), {"shape": tuple(int(d) for d in shape)}, name=name)
+
+
+def _transpose_vjp(g, out, x, *, axes):
+    if axes is None:
+        return np.transpose(g)
+    return np.transpose(g, np.argsort(axes))
+
+
+defop("transpose", lambda x, *, axes: np.transpose(x, axes), (_transpose_vjp,),
+      lambda s, *, axes: S.transpose(s, axes))
+
+
+def transpose(x, axes=None, *, name=None):
+    """Permute axes (reverse them when ``axes`` is None)."""
+    return apply("transpose", (x,), {"axes": None if axes is None else tuple(int(a) for a in axes)}, name=name)
+
+
+def _concat_vjp(i, g, out, *xs, axis):
+    start = builtins.sum(x.shape[axis] for x in xs[:i])
+    sl = [slice(None)] * g.ndim
+    sl[axis] = slice(start, start + xs[i].shape[axis])
+    return g[tuple(sl)]
+
+
+defop("concat", lambda *xs, axis: np.concatenate(xs, axis=axis), (_concat_vjp,),
+      lambda *shapes, axis: S.concat(shapes, axis), variadic=True)
+
+
+def concat(nodes, axis=0, *, name=None):
+    """Join nodes along ``axis``."""
+    nodes = list(nodes)
+    if not nodes:
+        raise NodeTypeError("concat needs at least one node")
+    return apply("concat", tuple(nodes), {"axis": int(axis)}, name=name)
+
+
+def _has_array_index(idx):
+    return any(isinstance(i, np.ndarray) or isinstance(i, list) for i in idx)
+
+
+def _getitem_vjp(g, out, x, *, index):
+    grad = np.zeros(x.shape, dtype=np.result_type(g.dtype, x.dtype))
+    if _has_array_index(index):
+        np.add.at(grad, index, g)  # repeated integer indices add up
+    else:
+        grad[index] = g
+    return grad
+
+
+defop("getitem", lambda x, *, index: x[index], (_getitem_vjp,), lambda s, *, index: S.index(s, index))
+
+
+def _normalize_index(idx):
+    if not isinstance(idx, tuple):
+        idx = (idx,)
+    out = []
+    for i in idx:
+        if isinstance(i, Node):
+            raise NodeTypeError("indexing with a node is not supported: index with ints, slices or integer arrays")
+        if isinstance(i, (list, np.ndarray)):
+            arr = np.asarray(i)
+            if arr.dtype == bool:
+                raise NodeTypeError("boolean-mask indexing is not supported (its shape is not static): "
+                                    "use np.flatnonzero(mask) as an integer index")
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise NodeTypeError(f"index arrays must hold integers, got dtype {arr.dtype}")
+            out.append(arr)
+        else:
+            out.append(i)
+    return tuple(out)
+
+
+def getitem(x, index, *, name=None):
+    """x[index] for basic slices, ints, None/Ellipsis and integer arrays."""
+    return apply("getitem", (x,), {"index": _normalize_index(index)}, name=name)
+
+
+# ----------------------------------------------------------------- losses
+
+def _se_forward(p, t):
+    d = p - t
+    return 0.5 * np.sum(d * d)
+
+
+defop("squared_error", _se_forward,
+      (lambda g, out, p, t: g * (p - t), lambda g, out, p, t: -g * (p - t)),
+      lambda a, b: (S.broadcast(a, b), ())[1])
+
+
+def squared_error(pred, target, *, name=None):
+    """Half the sum of squares of (pred - target): a scalar."""
+    return apply("squared_error", (pred, target), name=name)
+
+
+def _onehot(labels, logits):
+    if labels.shape == logits.shape and np.issubdtype(labels.dtype, np.floating):
+        return labels
+    lab = labels.astype(np.int64)
+    n = logits.shape[-1]
+    if lab.size and (lab.min() < 0 or lab.max() >= n):
+        raise ShapeError(f"cross_entropy: labels must lie in 0..{n - 1}, got values from {lab.min()} to {lab.max()}")
+    return np.eye(n, dtype=logits.dtype)[lab]
+
+
+def _ce_forward(logits, labels):
+    return -np.sum(_onehot(labels, logits) * _log_softmax(logits, axis=-1))
+
+
+def _ce_shape(ls, lab):
+    if len(lab) == len(ls):
+        S.broadcast(ls, lab)
+    elif len(lab) == len(ls) - 1:
+        S.broadcast(ls[:-1], lab)
+    else:
+        raise S.ShapeMismatch(
+            f"labels {S.fmt(lab)} must be integer class indices of shape {S.fmt(ls[:-1])} "
+            f"or one-hot/probabilities of shape {S.fmt(ls)}")
+    return ()
+
+
+defop("cross_entropy", _ce_forward,
+      (lambda g, out, logits, labels: g * (_softmax(logits, axis=-1) - _onehot(labels, logits)),
+       lambda g, out, logits, labels: (-g * _log_softmax(logits, axis=-1)
+                                       if labels.shape == logits.shape else None)),
+      _ce_shape)
+
+
+def cross_entropy(logits, labels, *, name=None):
+    """Summed softmax cross-entropy of ``logits`` against integer labels or one-hot rows."""
+    return apply("cross_entropy", (logits, labels), name=name)
+
+
+# ----------------------------------------------------------------- unit clamping (used by rnn)
+
+def _clamp_forward(computed, value, *, units):
+    out = np.array(computed, copy=True)
+    out[..., units] = value
+    return out
+
+
+def _clamp_vjp_computed(g, out, computed, value, *, units):
+    g = np.array(g, copy=True)
+    g[..., units] = 0.0  # a clamped unit ignores what its inputs computed
+    return g
+
+
+defop("clamp", _clamp_forward,
+      (_clamp_vjp_computed, lambda g, out, computed, value, *, units: g[..., units]),
+      lambda c, v, *, units: c)
+
+
+def clamp(computed, value, units, *, name=None):
+    """``computed`` with the units (last axis) in ``units`` replaced by ``value``."""
+    units = np.asarray(units, dtype=np.int64)
+    return apply("clamp", (computed, value), {"units": units}, name=name)
