@@ -14,3 +14,4 @@ from .ops import (add, concat, cross_entropy, div, exp, getitem, log, log_softma
 from .check import check_gradients, GradientCheck
 
 __version__ = "0.1.0"
+from .optim import SGD, Adam, Optimizer

@@ -1,9 +1,401 @@
-"""Ties and linear constraints (placeholder replaced below)."""
+"""Weight tying and linear constraints on parameters.
+
+The lecture's recipe: compute the gradients as if the weights were free, then
+change them so the constraints keep holding.  Two mechanisms share one model:
+
+* a **tie group** makes several parameters one *variable*: its gradient is the
+  sum (or mean) of the members' raw gradients, one update is computed, and every
+  member receives exactly that update (members sharing one storage are updated
+  once; the others get a bitwise copy);
+* a **linear constraint** ``sum_i C_i vec(W_i) = d`` over such variables: the
+  gradient is projected orthogonally onto the null space of the stacked
+  constraint matrix (for a pure tie that projection is the mean of the members'
+  gradients).  Constraints that share variables are merged into one system, and
+  what the projection needs (an orthonormal basis of the row space and a
+  pseudo-inverse) is computed once, when the system changes.
+"""
+
+import numpy as np
+
+from .errors import ConstraintError, NodeTypeError
+from .node import Node
+
+_TOL = 1e-9
+
+
+class Variable:
+    """One free variable: a lone parameter, or a tie group's members moving together."""
+
+    __slots__ = ("members", "reduce", "storages", "shape", "tie")
+
+    def __init__(self, members, reduce="sum", tie=None):
+        self.members = list(members)
+        self.reduce = reduce
+        self.tie = tie
+        self.shape = self.members[0].value.shape
+        seen = {}
+        for m in self.members:
+            seen.setdefault(id(m.value), m.value)
+        self.storages = list(seen.values())  # distinct arrays: T copies sharing one cost one
+
+    @property
+    def value(self):
+        return self.storages[0]
+
+    @property
+    def size(self):
+        return self.storages[0].size
+
+    def __repr__(self):
+        return f"<Variable {self.members[0].name} x{len(self.members)}>"
+
+
+class TieGroup:
+    """Parameters tied together (kept bitwise equal by every optimizer update)."""
+
+    def __init__(self, members, reduce):
+        self.members = list(members)
+        self.reduce = reduce
+
+    def __repr__(self):
+        names = [m.name for m in self.members[:3]]
+        more = f", ... ({len(self.members)} members)" if len(self.members) > 3 else ""
+        return f"<TieGroup reduce={self.reduce} {names}{more}>"
+
+
+class LinearConstraint:
+    """``sum_i coefficients[W_i] @ vec(W_i) = rhs`` (``kind`` names structured sugar)."""
+
+    def __init__(self, coefficients, rhs, kind="general"):
+        self.coefficients = coefficients  # {param node: (m, size) array}, or None for structured kinds
+        self.rhs = rhs
+        self.kind = kind
+        self.params = list(coefficients)
+
+    def __repr__(self):
+        return f"<LinearConstraint {self.kind} over {[p.name for p in self.params]}>"
+
+
+class _System:
+    """One connected set of constraints over some variables, with its projection precomputed."""
+
+    def __init__(self, variables, constraints, variable_of):
+        self.variables = variables
+        self.constraints = constraints
+        self.offsets = np.cumsum([0] + [v.size for v in variables])
+        col = {id(v): k for k, v in enumerate(variables)}
+        rows = []
+        rhs = []
+        for c in constraints:
+            m = next(iter(c.coefficients.values())).shape[0]
+            block = np.zeros((m, self.offsets[-1]))
+            for p, C in c.coefficients.items():
+                k = col[id(variable_of(p))]
+                block[:, self.offsets[k]:self.offsets[k + 1]] += C  # two members of one tie: coefficients add
+            rows.append(block)
+            rhs.append(c.rhs)
+        self.A = np.vstack(rows)
+        self.d = np.concatenate(rhs)
+        U, s, Vt = np.linalg.svd(self.A, full_matrices=False)
+        rank = int(np.sum(s > max(self.A.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)))
+        self.basis = Vt[:rank]  # orthonormal basis of the row space
+        self.pinv = (Vt[:rank].T / s[:rank]) @ U[:, :rank].T
+        x_ls = self.pinv @ self.d
+        scale = max(1.0, float(np.linalg.norm(self.d)))
+        if np.linalg.norm(self.A @ x_ls - self.d) > 1e-8 * scale:
+            names = sorted({p.name for c in constraints for p in c.params})
+            raise ConstraintError(
+                f"the linear constraints over {names} are inconsistent: no values satisfy all of them "
+                f"(least-squares residual {np.linalg.norm(self.A @ x_ls - self.d):.3g}); remove or fix one")
+
+    def names(self):
+        return sorted({p.name for c in self.constraints for p in c.params})
+
+    def flat(self, per_var):
+        return np.concatenate([np.asarray(per_var[v], dtype=np.float64).reshape(-1) for v in self.variables])
+
+    def split(self, vec):
+        return [vec[self.offsets[k]:self.offsets[k + 1]].reshape(v.shape) for k, v in enumerate(self.variables)]
+
+    def project(self, per_var):
+        """Orthogonal projection of a gradient (or step) onto the constraints' null space."""
+        g = self.flat(per_var)
+        g = g - self.basis.T @ (self.basis @ g)
+        return dict(zip(self.variables, self.split(g)))
+
+    def residual(self):
+        x = self.flat({v: v.value for v in self.variables})
+        r = np.linalg.norm(self.A @ x - self.d)
+        return float(r / max(1.0, float(np.linalg.norm(self.d)), float(np.linalg.norm(self.A) * np.linalg.norm(x))))
+
+    def correct_values(self):
+        """Move the values back onto the constraint set (removes rounding drift)."""
+        x = self.flat({v: v.value for v in self.variables})
+        x = x - self.pinv @ (self.A @ x - self.d)
+        for v, new in zip(self.variables, self.split(x)):
+            _assign(v, new)
+
+
+def _assign(variable, new_value):
+    first = variable.storages[0]
+    first[...] = new_value
+    for s in variable.storages[1:]:
+        s[...] = first  # bitwise copy keeps tie members equal
 
 
 class ConstraintSet:
+    """The ties and linear constraints of one graph."""
+
     def __init__(self, graph):
         self.graph = graph
+        self.ties = []
+        self.constraints = []
+        self._systems = None
+        self._variables = {}  # id(param) -> Variable, for params in ties or constraints
 
-    def constrained_grads(self, grads):
-        return grads.params()
+    # ------------------------------------------------------------ declaring
+    def _param(self, p, what):
+        if isinstance(p, str):
+            p = self.graph[p]
+        if not isinstance(p, Node):
+            raise NodeTypeError(f"{what}: expected a param node, got {type(p).__name__}")
+        if p.graph is not self.graph:
+            raise NodeTypeError(
+                f"{what}: param '{p.name}' belongs to graph '{p.graph.name}', not '{self.graph.name}'")
+        if p.op != "param":
+            raise NodeTypeError(f"{what}: '{p.name}' is a {p.op} node; only param nodes can be tied or constrained")
+        return p
+
+    def tie(self, params, reduce="sum", align=False):
+        if len(params) == 1 and isinstance(params[0], (list, tuple)):
+            params = tuple(params[0])
+        if reduce not in ("sum", "mean"):
+            raise ConstraintError(f"tie: reduce must be 'sum' or 'mean', got {reduce!r}")
+        members = [self._param(p, "tie") for p in params]
+        if len(members) < 2:
+            raise ConstraintError(f"tie needs at least two params, got {[m.name for m in members]}")
+        if len({id(m) for m in members}) != len(members):
+            raise ConstraintError(f"tie: a param appears twice in {[m.name for m in members]}")
+        first = members[0]
+        for m in members[1:]:
+            if m.value.shape != first.value.shape:
+                raise ConstraintError(
+                    f"tie: '{m.name}' has shape {m.value.shape} but '{first.name}' has {first.value.shape}; "
+                    f"tied params must have equal shapes")
+        # a param already in a tie group: merge the groups when they agree on reduce
+        merged = []
+        for m in members:
+            for t in self.ties:
+                if any(x is m for x in t.members) and t not in merged:
+                    if t.reduce != reduce:
+                        raise ConstraintError(
+                            f"tie: '{m.name}' is already in a tie group with reduce={t.reduce!r}; "
+                            f"tie with the same reduce to merge the groups")
+                    merged.append(t)
+        for t in merged:
+            members = members + [x for x in t.members if not any(x is y for y in members)]
+        for m in members[1:]:
+            if m.value is first.value:
+                continue
+            if not np.array_equal(m.value, first.value):
+                if align:
+                    m.value[...] = first.value
+                else:
+                    raise ConstraintError(
+                        f"tie: '{m.name}' and '{first.name}' have different values; tied params must start "
+                        f"equal (pass align=True to copy '{first.name}' into the others)")
+        for t in merged:
+            self.ties.remove(t)
+        group = TieGroup(members, reduce)
+        self.ties.append(group)
+        self._rebuild()
+        return group
+
+    def constrain(self, coefficients, rhs=None, project_init=False, kind="general"):
+        if not isinstance(coefficients, dict) or not coefficients:
+            raise ConstraintError("constrain: pass a dict {param: coefficient matrix C (m, param.size)}")
+        coeffs = {}
+        m = None
+        for p, C in coefficients.items():
+            p = self._param(p, "constrain")
+            C = np.asarray(C, dtype=np.float64)
+            if C.ndim == 1:
+                C = C[None, :]
+            if C.ndim != 2 or C.shape[1] != p.value.size:
+                raise ConstraintError(
+                    f"constrain: the coefficients for '{p.name}' have shape {C.shape}, but '{p.name}' has "
+                    f"{p.value.size} entries (shape {p.value.shape}): C must be (m, {p.value.size}) "
+                    f"acting on vec('{p.name}') in C order")
+            if m is not None and C.shape[0] != m:
+                raise ConstraintError(f"constrain: every coefficient matrix needs the same number of rows; "
+                                      f"'{p.name}' has {C.shape[0]}, others {m}")
+            m = C.shape[0]
+            coeffs[p] = C
+        rhs = np.zeros(m) if rhs is None else np.asarray(rhs, dtype=np.float64).reshape(-1)
+        if rhs.shape != (m,):
+            raise ConstraintError(f"constrain: rhs has {rhs.size} entries but the constraint has {m} rows")
+        if not np.all(np.isfinite(rhs)) or not all(np.all(np.isfinite(C)) for C in coeffs.values()):
+            raise ConstraintError("constrain: coefficients and rhs must be finite")
+        c = LinearConstraint(coeffs, rhs, kind)
+        self.constraints.append(c)
+        try:
+            self._rebuild()
+            system = next(s for s in self._systems if c in s.constraints)
+            res = system.residual()
+            if res > _TOL:
+                if not project_init:
+                    raise ConstraintError(
+                        f"constrain: the current values of {system.names()} violate the constraint "
+                        f"(relative residual {res:.3g} > {_TOL}); set them to satisfy it, or pass "
+                        f"project_init=True to move them to the nearest values that do")
+                system.correct_values()
+        except ConstraintError:
+            self.constraints.remove(c)
+            self._rebuild()
+            raise
+        return c
+
+    def constrain_symmetric(self, W, project_init=False):
+        W = self._param(W, "constrain_symmetric")
+        if W.value.ndim != 2 or W.value.shape[0] != W.value.shape[1]:
+            raise ConstraintError(f"constrain_symmetric: '{W.name}' has shape {W.value.shape}; it must be square")
+        n = W.value.shape[0]
+        rows = [(i, j) for i in range(n) for j in range(i + 1, n)]
+        if not rows:
+            return None
+        C = np.zeros((len(rows), n * n))
+        for r, (i, j) in enumerate(rows):
+            C[r, i * n + j] = 1.0
+            C[r, j * n + i] = -1.0
+        return self.constrain({W: C}, project_init=project_init, kind="symmetric")
+
+    def constrain_transpose(self, W1, W2, project_init=False):
+        W1 = self._param(W1, "constrain_transpose")
+        W2 = self._param(W2, "constrain_transpose")
+        if W1.value.ndim != 2 or W1.value.shape != W2.value.shape[::-1]:
+            raise ConstraintError(
+                f"constrain_transpose: '{W1.name}' {W1.value.shape} must have the transposed shape of "
+                f"'{W2.name}' {W2.value.shape}")
+        a, b = W1.value.shape
+        size = a * b
+        C1 = np.eye(size)
+        # vec(W2.T)[i*b + j] = W2[j, i] = vec(W2)[j*a + i]
+        perm = np.array([j * a + i for i in range(a) for j in range(b)])
+        C2 = -np.eye(size)[perm]
+        return self.constrain({W1: C1, W2: C2}, project_init=project_init, kind="transpose")
+
+    # ------------------------------------------------------------ compiled view
+    def _rebuild(self):
+        self._variables = {}
+        for t in self.ties:
+            v = Variable(t.members, t.reduce, t)
+            for m in t.members:
+                self._variables[id(m)] = v
+        for c in self.constraints:
+            for p in c.params:
+                if id(p) not in self._variables:
+                    self._variables[id(p)] = Variable([p])
+        # connected components of variables through constraints (union-find, no recursion)
+        parent = {}
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for c in self.constraints:
+            vs = [id(self.variable(p)) for p in c.params]
+            for v in vs[1:]:
+                parent[find(vs[0])] = find(v)
+        comps = {}
+        for c in self.constraints:
+            comps.setdefault(find(id(self.variable(c.params[0]))), []).append(c)
+        systems = []
+        for cs in comps.values():
+            seen = {}
+            for c in cs:
+                for p in c.params:
+                    v = self.variable(p)
+                    seen.setdefault(id(v), v)
+            systems.append(_System(list(seen.values()), cs, self.variable))
+        self._systems = systems
+        self._system_of = {id(v): s for s in systems for v in s.variables}
+
+    def variable(self, param):
+        """The Variable that moves ``param`` (its tie group, or the param alone)."""
+        v = self._variables.get(id(param))
+        if v is None:
+            v = self._variables[id(param)] = Variable([param])
+        return v
+
+    def variables(self, params):
+        """Distinct variables covering ``params`` (a tie group appears once)."""
+        out = {}
+        for p in params:
+            v = self.variable(p)
+            out.setdefault(id(v), v)
+        return list(out.values())
+
+    @property
+    def systems(self):
+        return list(self._systems or [])
+
+    # ------------------------------------------------------------ applying
+    def raw_variable_grad(self, variable, grads):
+        """The unconstrained gradient of one variable: sum or mean over its members."""
+        gs = [grads[m] for m in variable.members]
+        if len(gs) == 1:
+            return np.asarray(gs[0])
+        total = np.add.reduce(gs) if len(gs) < 64 else _sum_arrays(gs)
+        return total / len(gs) if variable.reduce == "mean" else total
+
+    def project(self, per_var):
+        """Project {variable: gradient or step} onto every affected constraint system (new dict)."""
+        out = dict(per_var)
+        if not self._systems:
+            return out
+        for s in self._systems:
+            if any(v in out for v in s.variables):
+                missing = [v for v in s.variables if v not in out]
+                full = dict(out)
+                for v in missing:
+                    full[v] = np.zeros(v.shape)
+                out.update({v: g for v, g in s.project(full).items() if v in out})
+        return out
+
+    def constrained_grads(self, grads, params=None):
+        """{param: gradient} after ties and constraints, for ``params`` (default: all)."""
+        params = self.graph.params if params is None else params
+        variables = self.variables(params)
+        per_var = {v: self.raw_variable_grad(v, grads) for v in variables}
+        per_var = self.project(per_var)
+        out = {}
+        for v in variables:
+            for m in v.members:
+                out[m] = per_var[v]
+        return {p: out[p] for p in params if p in out}
+
+    def apply_step(self, variable, delta):
+        """value -= delta for every member of the variable (storage shared by copies moves once)."""
+        first = variable.storages[0]
+        first -= delta
+        for s in variable.storages[1:]:
+            s[...] = first
+
+    def correct(self, variables=None):
+        """Re-project the values of the systems touching ``variables`` (rounding drift)."""
+        for s in self._systems or []:
+            if variables is None or any(v in variables for v in s.variables):
+                s.correct_values()
+
+    def residuals(self):
+        """{system names: relative residual |A x - d|} for every constraint system."""
+        return {tuple(s.names()): s.residual() for s in self._systems or []}
+
+
+def _sum_arrays(arrays):
+    total = np.array(arrays[0], dtype=np.result_type(arrays[0], np.float64), copy=True)
+    for a in arrays[1:]:
+        total += a
+    return total

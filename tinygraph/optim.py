@@ -1,0 +1,145 @@
+"""Optimizers that keep every tie and linear constraint.
+
+Each step works on *variables* (a tie group counts once): the raw gradients are
+reduced (sum or mean over the tie), weight decay is added, the result is
+projected onto the constraints' null space, the optimizer turns it into a step,
+and the step is projected again (Adam's per-coordinate scaling would otherwise
+leave the constraint set).  One step is applied per variable, so T tied copies of
+a weight sharing one storage move once, not T times, and copies with separate
+storage receive a bitwise copy.  Finally constrained values are re-projected to
+wipe out rounding drift.
+"""
+
+import numpy as np
+
+from .autodiff import Gradients
+from .errors import GraphError, NodeTypeError
+from .node import Node
+
+
+class Optimizer:
+    """Base class: subclasses implement ``_delta(state, grad)`` -> the step to subtract."""
+
+    def __init__(self, params, lr, weight_decay=0.0, clip_norm=None):
+        params = list(params)
+        if not params:
+            raise GraphError(f"{type(self).__name__}: no parameters to optimize")
+        for p in params:
+            if not isinstance(p, Node) or p.op != "param":
+                what = p.name if isinstance(p, Node) else type(p).__name__
+                raise NodeTypeError(f"{type(self).__name__}: '{what}' is not a param node")
+        graphs = {id(p.graph): p.graph for p in params}
+        if len(graphs) != 1:
+            raise GraphError(f"{type(self).__name__}: params come from {len(graphs)} graphs; use one optimizer per graph")
+        if not lr > 0:
+            raise GraphError(f"{type(self).__name__}: lr must be > 0, got {lr}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise GraphError(f"{type(self).__name__}: clip_norm must be > 0 or None, got {clip_norm}")
+        self.params = params
+        self.graph = params[0].graph
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.clip_norm = clip_norm
+        self.state = {}  # id(storage array) -> per-variable state
+        self.steps = 0
+        self.last_grad_norm = None
+
+    def _grads(self, grads, variables):
+        cs = self.graph.constraints
+        if isinstance(grads, Gradients):
+            if grads.graph is not self.graph:
+                raise GraphError(f"{type(self).__name__}.step: gradients of graph '{grads.graph.name}' "
+                                 f"given to an optimizer of graph '{self.graph.name}'")
+            return {v: cs.raw_variable_grad(v, grads) for v in variables}
+        if isinstance(grads, dict):
+            lookup = {id(k): g for k, g in grads.items()}
+            out = {}
+            for v in variables:
+                gs = [lookup[id(m)] for m in v.members if id(m) in lookup]
+                if not gs:
+                    continue
+                total = np.add.reduce([np.asarray(g, dtype=np.float64) for g in gs])
+                out[v] = total / len(v.members) if v.reduce == "mean" else total
+            return out
+        raise NodeTypeError(f"{type(self).__name__}.step expects Gradients or a dict {{param: gradient}}, "
+                            f"got {type(grads).__name__}")
+
+    def step(self, grads):
+        """Apply one update from ``grads`` (a Gradients object or {param: raw gradient})."""
+        cs = self.graph.constraints
+        variables = cs.variables(self.params)
+        per_var = self._grads(grads, variables)
+        for v, g in per_var.items():
+            if g.shape != v.shape:
+                raise GraphError(f"{type(self).__name__}.step: gradient of '{v.members[0].name}' has shape "
+                                 f"{g.shape}, expected {v.shape}")
+        if self.weight_decay:
+            per_var = {v: g + self.weight_decay * v.value for v, g in per_var.items()}
+        per_var = cs.project(per_var)
+        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in per_var.values())))
+        self.last_grad_norm = norm
+        if self.clip_norm is not None and norm > self.clip_norm:
+            per_var = {v: g * (self.clip_norm / norm) for v, g in per_var.items()}
+        self.steps += 1
+        deltas = {}
+        for v, g in per_var.items():
+            key = id(v.storages[0])
+            st = self.state.get(key)
+            if st is None or st.get("_array") is not v.storages[0]:
+                st = self.state[key] = {"_array": v.storages[0]}
+            deltas[v] = self._delta(st, g)
+        if self._needs_step_projection:
+            deltas = cs.project(deltas)
+        for v, d in deltas.items():
+            cs.apply_step(v, d)
+        cs.correct(set(deltas))
+        return norm
+
+    _needs_step_projection = False
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum and weight decay.
+
+    Momentum is a linear combination of projected gradients, so it stays in the
+    constraints' null space without a second projection.
+    """
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, clip_norm=None):
+        super().__init__(params, lr, weight_decay, clip_norm)
+        if not 0.0 <= momentum < 1.0:
+            raise GraphError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+
+    def _delta(self, st, g):
+        if self.momentum:
+            vel = st.get("velocity")
+            vel = g.copy() if vel is None else self.momentum * vel + g
+            st["velocity"] = vel
+            return self.lr * vel
+        return self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba); its step is projected back onto the constraints."""
+
+    _needs_step_projection = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
+        super().__init__(params, lr, weight_decay, clip_norm)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = float(eps)
+
+    def _delta(self, st, g):
+        b1, b2 = self.betas
+        m = st.get("m")
+        if m is None:
+            m = st["m"] = np.zeros_like(g)
+            st["v"] = np.zeros_like(g)
+            st["t"] = 0
+        st["t"] += 1
+        st["m"] = b1 * st["m"] + (1 - b1) * g
+        st["v"] = b2 * st["v"] + (1 - b2) * g * g
+        mhat = st["m"] / (1 - b1 ** st["t"])
+        vhat = st["v"] / (1 - b2 ** st["t"])
+        return self.lr * mhat / (np.sqrt(vhat) + self.eps)
