@@ -10,8 +10,10 @@ from .node import Node
 from .autodiff import Activations, Gradients
 from .ops import (add, concat, cross_entropy, div, exp, getitem, log, log_softmax, logistic, matmul, mean, mul,
                   neg, pow, relu, reshape, sigmoid, softmax, squared_error, stop_gradient, sub, sum, tanh,
-                  transpose, clamp, defop)
+                  transpose, clamp, defop, add_n, identity,
+                  weighted_squared_error)
 from .check import check_gradients, GradientCheck
 
 __version__ = "0.1.0"
 from .optim import SGD, Adam, Optimizer
+from .render import render

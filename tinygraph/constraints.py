@@ -151,7 +151,8 @@ class ConstraintSet:
         self.ties = []
         self.constraints = []
         self._systems = None
-        self._variables = {}  # id(param) -> Variable, for params in ties or constraints
+        self._variables = {}  # id(param) -> Variable (its tie group, or the param alone)
+        self._tie_of = {}  # id(param) -> TieGroup
 
     # ------------------------------------------------------------ declaring
     def _param(self, p, what):
@@ -183,17 +184,20 @@ class ConstraintSet:
                     f"tie: '{m.name}' has shape {m.value.shape} but '{first.name}' has {first.value.shape}; "
                     f"tied params must have equal shapes")
         # a param already in a tie group: merge the groups when they agree on reduce
-        merged = []
+        merged = {}
         for m in members:
-            for t in self.ties:
-                if any(x is m for x in t.members) and t not in merged:
-                    if t.reduce != reduce:
-                        raise ConstraintError(
-                            f"tie: '{m.name}' is already in a tie group with reduce={t.reduce!r}; "
-                            f"tie with the same reduce to merge the groups")
-                    merged.append(t)
-        for t in merged:
-            members = members + [x for x in t.members if not any(x is y for y in members)]
+            t = self._tie_of.get(id(m))
+            if t is not None and id(t) not in merged:
+                if t.reduce != reduce:
+                    raise ConstraintError(
+                        f"tie: '{m.name}' is already in a tie group with reduce={t.reduce!r}; "
+                        f"tie with the same reduce to merge the groups")
+                merged[id(t)] = t
+        if merged:
+            ids = {id(m) for m in members}
+            for t in merged.values():
+                members += [x for x in t.members if id(x) not in ids]
+                ids.update(id(x) for x in t.members)
         for m in members[1:]:
             if m.value is first.value:
                 continue
@@ -204,10 +208,12 @@ class ConstraintSet:
                     raise ConstraintError(
                         f"tie: '{m.name}' and '{first.name}' have different values; tied params must start "
                         f"equal (pass align=True to copy '{first.name}' into the others)")
-        for t in merged:
-            self.ties.remove(t)
+        if merged:
+            self.ties = [t for t in self.ties if id(t) not in merged]
         group = TieGroup(members, reduce)
         self.ties.append(group)
+        for m in members:
+            self._tie_of[id(m)] = group
         self._rebuild()
         return group
 

@@ -125,6 +125,30 @@ def _pow_vjp(g, out, x, *, exponent):
 defop("pow", lambda x, *, exponent: x ** exponent, (_pow_vjp,), lambda s, *, exponent: s)
 
 
+def _add_n(*xs):
+    total = xs[0] + xs[1] if len(xs) > 1 else np.array(xs[0], copy=True)
+    for x in xs[2:]:
+        total += x  # total is a fresh array here, so adding in place is safe
+    return total
+
+
+defop("add_n", _add_n, (lambda i, g, out, *xs: g,), lambda *shapes: S.broadcast(*shapes), variadic=True)
+defop("identity", lambda x: x, (lambda g, out, x: g,), lambda s: s)
+
+
+def add_n(nodes, *, name=None):
+    """The sum of several nodes in one node (e.g. a unit's total input from all its connections)."""
+    nodes = list(nodes)
+    if not nodes:
+        raise NodeTypeError("add_n needs at least one node")
+    return apply("add_n", tuple(nodes), name=name)
+
+
+def identity(x, *, name=None):
+    """x itself, as a node of its own (a linear unit's state next to its total input)."""
+    return apply("identity", (x,), name=name)
+
+
 def add(a, b, *, name=None):
     """a + b with numpy broadcasting."""
     return apply("add", (a, b), name=name)
@@ -402,6 +426,22 @@ defop("squared_error", _se_forward,
       lambda a, b: (S.broadcast(a, b), ())[1])
 
 
+def _wse_forward(p, t, w):
+    d = p - t
+    return 0.5 * np.sum(w * d * d)
+
+
+defop("weighted_squared_error", _wse_forward,
+      (lambda g, out, p, t, w: g * w * (p - t), lambda g, out, p, t, w: -g * w * (p - t),
+       lambda g, out, p, t, w: 0.5 * g * (p - t) ** 2),
+      lambda a, b, c: (S.broadcast(a, b, c), ())[1])
+
+
+def weighted_squared_error(pred, target, weight, *, name=None):
+    """Half the weighted sum of squares: 0.5 * sum(weight * (pred - target)**2) (weight 0 ignores an entry)."""
+    return apply("weighted_squared_error", (pred, target, weight), name=name)
+
+
 def squared_error(pred, target, *, name=None):
     """Half the sum of squares of (pred - target): a scalar."""
     return apply("squared_error", (pred, target), name=name)
@@ -448,7 +488,9 @@ def cross_entropy(logits, labels, *, name=None):
 # ----------------------------------------------------------------- unit clamping (used by rnn)
 
 def _clamp_forward(computed, value, *, units):
-    out = np.array(computed, copy=True)
+    shape = np.broadcast_shapes(computed.shape[:-1], value.shape[:-1]) + computed.shape[-1:]
+    out = np.empty(shape, dtype=np.result_type(computed, value))
+    out[...] = computed  # a batch-free initial state broadcasts over the clamped batch
     out[..., units] = value
     return out
 
@@ -459,9 +501,14 @@ def _clamp_vjp_computed(g, out, computed, value, *, units):
     return g
 
 
+def _clamp_shape(c, v, *, units):
+    if len(v) < 1 or (v[-1] is not None and v[-1] != len(units)):
+        raise S.ShapeMismatch(f"clamp of {len(units)} units needs values with last axis {len(units)}, got {S.fmt(v)}")
+    return S.broadcast(c[:-1], v[:-1]) + c[-1:]
+
+
 defop("clamp", _clamp_forward,
-      (_clamp_vjp_computed, lambda g, out, computed, value, *, units: g[..., units]),
-      lambda c, v, *, units: c)
+      (_clamp_vjp_computed, lambda g, out, computed, value, *, units: g[..., units]), _clamp_shape)
 
 
 def clamp(computed, value, units, *, name=None):

@@ -1,0 +1,310 @@
+"""Unrolling: a recurrent net written out as a layered feed-forward tinygraph Graph.
+
+Layer 0 holds the initial states; step t has its own nodes for every group
+(``h@t3``, its total input ``net[h]@t3``) and its own copy of every weight it uses
+(``W[h->h]@t3``, ``b[h]@t3``).  All copies of one weight are parameters that share
+the net's array as storage and are tied through the engine's tie mechanism, so
+backprop on this graph *is* backpropagation through time.
+
+Clamps and targets change the structure (which units are replaced, where losses
+attach), so each distinct structure is emitted once and cached; the values are fed
+as graph inputs, so one emitted graph runs any batch of data of that structure.
+"""
+
+import numpy as np
+
+import tinygraph as tg
+
+from .data import DataError, resolve_all
+from .net import NetError
+
+_ACT = {"logistic": tg.logistic, "tanh": tg.tanh, "relu": tg.relu, "linear": tg.identity,
+        "softmax": lambda x, name: tg.softmax(x, axis=-1, name=name)}
+
+
+class Emitted:
+    """One emitted graph with the bookkeeping that maps it back to the net."""
+
+    def __init__(self, net, T, reduce, clamps, targets, truncate):
+        self.net = net
+        self.T = T
+        self.truncate = truncate
+        self.graph = g = tg.Graph(f"{net.name} unrolled T={T}")
+        self.layers = [dict() for _ in range(T + 1)]
+        self.totals = [dict() for _ in range(T + 1)]
+        self.copies = {name: [] for name in net.weights}
+        self.copy_steps = {name: [] for name in net.weights}
+        self.feeds = []  # (input node, "clamp"|"target"|"mask", record index, position in its steps)
+        self.cut = None if truncate is None else T - truncate
+        order = net.group_order()
+
+        clamp_at = {}
+        for r, (grp, steps, units, _) in enumerate(clamps):
+            for pos, t in enumerate(steps):
+                clamp_at.setdefault((grp, t), []).append((r, pos, units))
+
+        def full_clamp(grp, t):
+            entries = clamp_at.get((grp, t), [])
+            return next(((r, pos) for r, pos, units in entries if units is None), None)
+
+        def apply_clamps(grp, t, state):
+            entries = clamp_at.get((grp, t), [])
+            for k, (r, pos, units) in enumerate(entries):
+                suffix = "" if len(entries) == 1 else f"#{k}"
+                inp = g.input(f"clamp[{grp}]{suffix}@t{t}", (None, len(units)))
+                self.feeds.append((inp, "clamp", r, pos))
+                last = k == len(entries) - 1
+                state = tg.clamp(state, inp, units, name=f"{grp}@t{t}" if last else f"clamped{k}[{grp}]@t{t}")
+            return state
+
+        # layer 0: the initial states (a learned one is a parameter)
+        for grp in order:
+            G = net.groups[grp]
+            full = full_clamp(grp, 0)
+            if full is not None:
+                node = g.input(f"{grp}@t0", (None, G.size))
+                self.feeds.append((node, "clamp", full[0], full[1]))
+            else:
+                partial = bool(clamp_at.get((grp, 0)))
+                base_name = f"init[{grp}]@t0" if partial else f"{grp}@t0"
+                if G.initial == "learned":
+                    base = g.param(base_name, net.weights[f"init:{grp}"])
+                    self.copies[f"init:{grp}"].append(base)
+                    self.copy_steps[f"init:{grp}"].append(0)
+                else:
+                    base = g.const(initial_state(G), name=base_name)
+                node = apply_clamps(grp, 0, base) if partial else base
+            self.layers[0][grp] = node
+
+        incoming = {grp: net.incoming(grp) for grp in order}
+        cut_nodes = {}
+        for t in range(1, T + 1):
+            for grp in order:
+                G = net.groups[grp]
+                full = full_clamp(grp, t)
+                if full is not None:
+                    node = g.input(f"{grp}@t{t}", (None, G.size))
+                    self.feeds.append((node, "clamp", full[0], full[1]))
+                    self.layers[t][grp] = node
+                    continue
+                terms = []
+                for c in incoming[grp]:
+                    ts = max(t - c.delay, 0)
+                    src = self.layers[ts][c.src]
+                    if self.cut is not None and ts <= self.cut < t:
+                        src = cut_nodes.get(src)
+                        if src is None:
+                            orig = self.layers[ts][c.src]
+                            src = cut_nodes[orig] = tg.stop_gradient(orig, name=f"cut[{c.src}]@t{ts}")
+                    W = g.param(f"W[{c.name}]@t{t}", net.weights[c.name])
+                    self.copies[c.name].append(W)
+                    self.copy_steps[c.name].append(t)
+                    terms.append(tg.matmul(src, W, name=f"in[{c.name}]@t{t}"))
+                if G.bias:
+                    b = g.param(f"b[{grp}]@t{t}", net.weights[f"bias:{grp}"])
+                    self.copies[f"bias:{grp}"].append(b)
+                    self.copy_steps[f"bias:{grp}"].append(t)
+                    terms.append(b)
+                if terms:
+                    total = tg.add_n(terms, name=f"net[{grp}]@t{t}")
+                else:
+                    total = g.const(np.zeros(G.size), name=f"net[{grp}]@t{t}")
+                self.totals[t][grp] = total
+                partial = bool(clamp_at.get((grp, t)))
+                state = _ACT[G.activation](total, name=f"act[{grp}]@t{t}" if partial else f"{grp}@t{t}")
+                self.layers[t][grp] = apply_clamps(grp, t, state) if partial else state
+
+        for name, copies in self.copies.items():
+            if len(copies) > 1:
+                g.tie(*copies, reduce=reduce)
+
+        losses = []
+        for r, (grp, steps, units, values, mask, loss) in enumerate(targets):
+            for pos, t in enumerate(steps):
+                state = self.layers[t][grp]
+                tag = f"{grp}@t{t}" if len([1 for x in targets if x[0] == grp and t in x[1]]) == 1 else f"{grp}#{r}@t{t}"
+                if loss == "cross_entropy":
+                    onehot = values.ndim == 3
+                    lab = g.input(f"target[{tag}]", (None, net.groups[grp].size) if onehot else (None,),
+                                  dtype=np.float64 if onehot else np.int64)
+                    self.feeds.append((lab, "target", r, pos))
+                    losses.append(tg.cross_entropy(self.totals[t][grp], lab, name=f"loss[{tag}]"))
+                    continue
+                sel = state if units is None else tg.getitem(state, (Ellipsis, units), name=f"sel[{tag}]")
+                tgt = g.input(f"target[{tag}]", (None, len(units) if units is not None else net.groups[grp].size))
+                self.feeds.append((tgt, "target", r, pos))
+                if mask is None:
+                    losses.append(tg.squared_error(sel, tgt, name=f"loss[{tag}]"))
+                else:
+                    m = g.input(f"mask[{tag}]", tgt.shape)
+                    self.feeds.append((m, "mask", r, pos))
+                    losses.append(tg.weighted_squared_error(sel, tgt, m, name=f"loss[{tag}]"))
+        self.loss = tg.add_n(losses, name="loss") if losses else None
+
+    def feed_dict(self, clamps, targets):
+        feeds = {}
+        for node, kind, r, pos in self.feeds:
+            if kind == "clamp":
+                feeds[node] = clamps[r][3][pos]
+            elif kind == "target":
+                feeds[node] = targets[r][3][pos]
+            else:
+                feeds[node] = targets[r][4][pos]
+        return feeds
+
+    def storage_current(self):
+        """False when the user replaced an array in net.weights (copies would read the old one)."""
+        for name, copies in self.copies.items():
+            if copies and copies[0].value is not self.net.weights.get(name):
+                return False
+        return len(self.copies) == len(self.net.weights)
+
+
+def initial_state(group):
+    """The fixed initial state of an unclamped, unlearned group, as a (units,) array."""
+    init = group.initial
+    if init is None:
+        init = group.default_initial()
+    return np.broadcast_to(np.asarray(init, dtype=np.float64), (group.size,)).copy()
+
+
+def _signature(clamps, targets, truncate):
+    def units_key(u):
+        return None if u is None else tuple(u.tolist())
+    return (tuple((g, tuple(s), units_key(u)) for g, s, u, _ in clamps),
+            tuple((g, tuple(s), units_key(u), loss, v.ndim, m is not None) for g, s, u, v, m, loss in targets),
+            truncate)
+
+
+class RunResult:
+    """What one ``ff.run`` computed: loss, activations, gradients and the tied weight gradients."""
+
+    def __init__(self, unrolled, emitted, acts, grads):
+        self.unrolled = unrolled
+        self.emitted = emitted
+        self.graph = emitted.graph
+        self.acts = acts
+        self.grads = grads
+        self.loss = float(acts[emitted.loss]) if emitted.loss is not None else None
+        self._weight_grads = None
+
+    @property
+    def weight_grads(self):
+        """{name in net.weights: gradient of the shared weight} (sum or mean over its copies)."""
+        if self._weight_grads is None:
+            if self.grads is None:
+                raise DataError("this run had no targets, so there is no loss and no gradient")
+            cs = self.graph.constraints
+            out = {}
+            for name, arr in self.unrolled.net.weights.items():
+                copies = self.emitted.copies[name]
+                out[name] = cs.raw_variable_grad(cs.variable(copies[0]), self.grads) if copies else np.zeros_like(arr)
+            self._weight_grads = out
+        return self._weight_grads
+
+    def step_grads(self, name):
+        """{step: that step's copy's gradient} for weight ``name`` (per-step contributions)."""
+        return {t: self.grads[c] for t, c in zip(self.emitted.copy_steps[name], self.emitted.copies[name])}
+
+    def states(self, group):
+        """The states of ``group`` at steps 0..T as one (T+1, batch, units) array."""
+        layers = self.emitted.layers
+        vals = [np.asarray(self.acts[layers[t][group]]) for t in range(len(layers))]
+        batch = max((v.shape[0] for v in vals if v.ndim == 2), default=1)
+        return np.stack([np.broadcast_to(v, (batch, v.shape[-1])) for v in vals])
+
+    def deltas(self, group):
+        """dE/d(state) of ``group`` at steps 0..T as one (T+1, batch, units) array."""
+        layers = self.emitted.layers
+        vals = [np.asarray(self.grads[layers[t][group]]) for t in range(len(layers))]
+        batch = max((v.shape[0] for v in vals if v.ndim == 2), default=1)
+        return np.stack([np.broadcast_to(v, (batch, v.shape[-1])) for v in vals])
+
+
+class Unrolled:
+    """A net unrolled for T steps: ``graph``, ``layer(t)``, ``copies(name)``, ``run(...)``."""
+
+    def __init__(self, net, steps, reduce="sum"):
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise NetError(f"unroll: steps must be an int >= 1, got {steps!r} (layer 0 holds the initial "
+                           f"states; steps counts the layers after it)")
+        if reduce not in ("sum", "mean"):
+            raise NetError(f"unroll: reduce must be 'sum' or 'mean', got {reduce!r}")
+        net.group_order()  # refuse a zero-delay cycle before emitting anything
+        self.net = net
+        self.steps = self.T = int(steps)
+        self.reduce = reduce
+        self._cache = {}
+        self._current = self._emit([], [], None)
+
+    def _emit(self, clamps, targets, truncate):
+        key = _signature(clamps, targets, truncate)
+        em = self._cache.get(key)
+        if em is None or not em.storage_current():
+            if len(self._cache) >= 8:
+                self._cache.pop(next(iter(self._cache)))
+            em = self._cache[key] = Emitted(self.net, self.T, self.reduce, clamps, targets, truncate)
+        return em
+
+    @property
+    def graph(self):
+        """The tinygraph Graph emitted for the latest run (before any run: no clamps or targets)."""
+        return self._current.graph
+
+    @property
+    def loss(self):
+        return self._current.loss
+
+    def layer(self, t):
+        """{group: state node} at step t (0 = initial states)."""
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t <= self.T:
+            raise NetError(f"layer: t must be an int in 0..{self.T}, got {t!r}")
+        return dict(self._current.layers[t])
+
+    def total_input(self, t):
+        """{group: total-input node} at step t >= 1 (fully clamped groups have none)."""
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 1 <= t <= self.T:
+            raise NetError(f"total_input: t must be an int in 1..{self.T}, got {t!r}")
+        return dict(self._current.totals[t])
+
+    def copies(self, name):
+        """The tied copy nodes of weight ``name`` (one per step that uses it), in step order."""
+        if name not in self.net.weights:
+            raise NetError(f"copies: net '{self.net.name}' has no weight {name!r} (weights: {list(self.net.weights)})")
+        return list(self._current.copies[name])
+
+    def copy_steps(self, name):
+        """The steps that use weight ``name``, matching ``copies(name)``."""
+        self.copies(name)
+        return list(self._current.copy_steps[name])
+
+    def run(self, inputs=(), targets=(), truncate=None, check_finite=False):
+        """Forward (and, with targets, backward) through the unrolled graph.
+
+        Parameters
+        ----------
+        inputs : list of rnn.Clamp
+        targets : list of rnn.Target
+        truncate : int, optional
+            Truncated BPTT: gradients flow back only through the last ``truncate``
+            steps (a stop-gradient cut between steps T - truncate and T - truncate + 1).
+        check_finite : bool
+            Stop at the first node (and so time step) producing NaN or infinity.
+
+        Returns
+        -------
+        RunResult with ``loss``, ``acts``, ``grads``, ``weight_grads``.
+
+        Raises
+        ------
+        DataError for clamps or targets that do not fit the net or T; NonFiniteError.
+        """
+        clamps, tgts, _ = resolve_all(self.net, self.T, inputs, targets)
+        if truncate is not None:
+            if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or not 1 <= truncate <= self.T:
+                raise DataError(f"truncate must be an int in 1..T={self.T}, got {truncate!r}")
+            truncate = None if truncate == self.T else int(truncate)
+        em = self._current = self._emit(clamps, tgts, truncate)
+        acts = em.graph.forward(em.feed_dict(clamps, tgts), check_finite=check_finite)
+        grads = acts.backward(em.loss, check_finite=check_finite) if em.loss is not None else None
+        return RunResult(self, em, acts, grads)
