@@ -9,3 +9,4 @@ from .net import RecurrentNet, Group, Connection, NetError
 from .data import Clamp, Target, DataError
 from .unroll import Unrolled, RunResult
 from .bptt import bptt, BPTTResult
+from .check import check_equivalence, EquivalenceReport

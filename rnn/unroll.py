@@ -278,7 +278,7 @@ class Unrolled:
         self.copies(name)
         return list(self._current.copy_steps[name])
 
-    def run(self, inputs=(), targets=(), truncate=None, check_finite=False):
+    def run(self, inputs=(), targets=(), truncate=None, check_finite=False, backward=True):
         """Forward (and, with targets, backward) through the unrolled graph.
 
         Parameters
@@ -290,6 +290,8 @@ class Unrolled:
             steps (a stop-gradient cut between steps T - truncate and T - truncate + 1).
         check_finite : bool
             Stop at the first node (and so time step) producing NaN or infinity.
+        backward : bool
+            False skips the backward pass (``grads`` is None).
 
         Returns
         -------
@@ -306,5 +308,6 @@ class Unrolled:
             truncate = None if truncate == self.T else int(truncate)
         em = self._current = self._emit(clamps, tgts, truncate)
         acts = em.graph.forward(em.feed_dict(clamps, tgts), check_finite=check_finite)
-        grads = acts.backward(em.loss, check_finite=check_finite) if em.loss is not None else None
+        grads = (acts.backward(em.loss, check_finite=check_finite)
+                 if em.loss is not None and backward else None)
         return RunResult(self, em, acts, grads)
