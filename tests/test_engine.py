@@ -547,3 +547,33 @@ def test_mixed_transcendental_scalar_expression():
         dyc = (1 - v * v) * w / r + 2 * cv / (cv * cv + 1) + s * (1 - s)
         np.testing.assert_allclose(acts[y], yv, rtol=1e-12)
         np.testing.assert_allclose([grads[a], grads[b], grads[c]], [dya, dyb, dyc], rtol=1e-10, atol=1e-14)
+
+
+# ----------------------------------------------------------------- repeated (identical) subexpressions
+
+@pytest.mark.parametrize("shape", [(), (3,), (2, 3)])
+def test_identical_subexpressions_each_get_value_and_gradient(shape):
+    """The same op on the same inputs built several times: separate nodes, each with its value and gradient."""
+    rng = np.random.default_rng(7)
+    xv = rng.standard_normal(shape)
+    g = tg.Graph()
+    x = g.input("x", shape)
+    W = g.param("W", np.array(1.5))
+    a1, a2, a3 = x + x, x + x, x + x
+    t1, t2 = tg.tanh(x * W), tg.tanh(x * W)
+    loss = tg.sum(a1) + 2.0 * tg.sum(a2) + 3.0 * tg.sum(a3) + tg.sum(t1 * t2)
+    acts = g.forward({"x": xv})
+    for n in (a1, a2, a3):
+        np.testing.assert_array_equal(acts[n], 2 * xv)
+        assert np.shape(acts[n]) == shape
+    T = np.tanh(1.5 * xv)
+    np.testing.assert_allclose(acts[t1], T, rtol=1e-15)
+    np.testing.assert_allclose(acts[t2], T, rtol=1e-15)
+    grads = acts.backward(loss)
+    np.testing.assert_allclose(grads[a1], np.ones(shape))
+    np.testing.assert_allclose(grads[a2], np.full(shape, 2.0))
+    np.testing.assert_allclose(grads[a3], np.full(shape, 3.0))
+    np.testing.assert_allclose(grads[t1], T, rtol=1e-15)
+    # d/dx [2x + 4x + 6x + tanh(1.5 x)^2] = 12 + 2 T (1 - T^2) 1.5
+    np.testing.assert_allclose(grads[x], 12.0 + 3.0 * T * (1 - T ** 2), rtol=1e-13)
+    np.testing.assert_allclose(grads[W], np.sum(2 * T * (1 - T ** 2) * xv), rtol=1e-13)

@@ -11,26 +11,10 @@ import numpy as np
 from . import ops as _ops
 from .errors import FeedError, GraphError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
+from .plan import BATCH, Plan, lift
 from .shapes import fmt
 
-
-class Plan:
-    """The nodes one run computes, in topological order, with their input slots."""
-
-    __slots__ = ("graph", "order", "steps", "inputs", "size")
-
-    def __init__(self, graph, needed):
-        self.graph = graph
-        self.size = len(graph.nodes)
-        self.order = [graph.nodes[i] for i in needed]
-        for node in self.order:  # creation order is topological; check it instead of trusting it
-            for inp in node.inputs:
-                if inp.index >= node.index:
-                    raise GraphError(f"node '{node.name}' uses '{inp.name}', created after it")
-        self.inputs = [n for n in self.order if n.op == "input"]
-        self.steps = [(n.index, _ops.get(n.op), tuple(i.index for i in n.inputs), n.attrs)
-                      if n.op not in ("input", "param", "const") else (n.index, None, (), None)
-                      for n in self.order]
+BATCH_ACROSS = True  # batch identical independent nodes (see plan.py); False runs node by node
 
 
 def ancestors(graph, roots):
@@ -49,14 +33,16 @@ def ancestors(graph, roots):
     return [i for i in range(top + 1) if mark[i]]
 
 
-def compile_plan(graph, outputs=None):
+def compile_plan(graph, outputs=None, batch=None):
     roots = None if outputs is None else tuple(graph.own(o, "outputs") for o in outputs)
-    key = (len(graph.nodes), None if roots is None else tuple(sorted(r.index for r in roots)))
+    batch = BATCH_ACROSS if batch is None else bool(batch)
+    key = (len(graph.nodes), graph.constraints.version, batch,
+           None if roots is None else tuple(sorted(r.index for r in roots)))
     plan = graph._plans.get(key)
     if plan is None:
         if len(graph._plans) > 32:
             graph._plans.clear()
-        plan = graph._plans[key] = Plan(graph, ancestors(graph, roots))
+        plan = graph._plans[key] = Plan(graph, ancestors(graph, roots), batch=batch)
     return plan
 
 
@@ -86,6 +72,10 @@ def _resolve_feeds(graph, plan, feeds):
 
 
 def _check_feed(node, value):
+    if (type(value) is np.ndarray and value.dtype.kind == "f" and node.dtype.kind == "f"
+            and value.ndim == len(node.shape)
+            and all(w is None or w == g for w, g in zip(node.shape, value.shape))):
+        return value  # the common case, checked without numpy's slower dtype machinery
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
@@ -123,37 +113,106 @@ def _describe_inputs(node, values):
     return ", ".join(parts)
 
 
-def run_forward(graph, feeds, outputs=None, check_finite=False):
-    plan = compile_plan(graph, outputs)
+def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None):
+    plan = compile_plan(graph, outputs, batch)
     fed = _resolve_feeds(graph, plan, feeds)
     values = [None] * plan.size
+    bstore = {}
     nodes = graph.nodes
-    for index, op, in_idx, attrs in plan.steps:
-        if op is None:
-            node = nodes[index]
-            values[index] = fed[index] if node.op == "input" else node.value
+    for index, node in plan.sources:
+        values[index] = node.value
+    for index, value in fed.items():
+        values[index] = value
+    if check_finite:
+        for index, _ in plan.sources:
+            _check_value(nodes[index], values)
+        for index in fed:
+            _check_value(nodes[index], values)
+    for step in plan.steps:
+        if step[0] == BATCH:
+            b = step[1]
+            if not _forward_batch(b, values, bstore):
+                for m in b.members:  # runtime shapes differ: run the members one by one
+                    _forward_single(nodes[m], values)
+            if check_finite:
+                for m in b.members:
+                    _check_value(nodes[m], values)
+            continue
+        _, index, fwd, in_idx, _ = step
+        try:
+            values[index] = fwd(*[values[j] for j in in_idx])
+        except (ValueError, IndexError) as exc:
+            _run_error(nodes[index], values, exc)
+        if check_finite:
+            _check_value(nodes[index], values)
+    return Activations(graph, plan, values, bstore)
+
+
+def _run_error(node, values, exc):
+    shapes = ", ".join(f"'{i.name}' {np.shape(values[i.index])}" for i in node.inputs)
+    raise ShapeError(f"{node.op} '{node.name}' failed at run time on inputs {shapes}: {exc}") from None
+
+
+def _check_value(node, values):
+    if _not_finite(values[node.index]):
+        raise NonFiniteError(
+            f"forward: node '{node.name}' ({node.op}) is the first to produce NaN or infinity; "
+            f"its inputs: {_describe_inputs(node, values) or 'none (a source node)'}")
+
+
+def _forward_single(node, values):
+    ins = [values[i.index] for i in node.inputs]
+    try:
+        values[node.index] = _ops.get(node.op).forward(*ins, **node.attrs)
+    except (ValueError, IndexError) as exc:
+        _run_error(node, values, exc)
+
+
+def _batch_args(b, values, bstore):
+    """The stacked operands of a batch, or None when the members' runtime shapes differ."""
+    lifted = b.kind == "elementwise" or (b.kind == "dedicated" and b.op.batch[1])
+    args = []
+    for kind, ref in b.inputs:
+        if kind == "shared":
+            a = np.asarray(values[ref])
+            stacked = False
+        elif kind == "tied":
+            a = np.asarray(values[ref[0]])
+            stacked = False
+        elif kind == "batch":
+            a = bstore[ref][0]
+            stacked = True
         else:
-            try:
-                values[index] = op.forward(*[values[j] for j in in_idx], **attrs)
-            except (ValueError, IndexError) as exc:
-                node = nodes[index]
-                shapes = ", ".join(f"'{i.name}' {np.shape(values[i.index])}" for i in node.inputs)
-                raise ShapeError(f"{node.op} '{node.name}' failed at run time on inputs {shapes}: {exc}") from None
-        if check_finite and _not_finite(values[index]):
-            node = nodes[index]
-            raise NonFiniteError(
-                f"forward: node '{node.name}' ({node.op}) is the first to produce NaN or infinity; "
-                f"its inputs: {_describe_inputs(node, values) or 'none (a source node)'}")
-    return Activations(graph, plan, values)
+            vals = [values[j] for j in ref]
+            shape0 = np.shape(vals[0])
+            if any(np.shape(v) != shape0 for v in vals):
+                return None
+            a = np.stack(vals)
+            stacked = True
+        args.append(lift(a, b.rank, stacked) if lifted else a)
+    return args
+
+
+def _forward_batch(b, values, bstore):
+    args = _batch_args(b, values, bstore)
+    if args is None:
+        return False
+    fwd = b.op.batch[0] if b.kind == "dedicated" else b.op.forward
+    out = fwd(*args, **b.attrs)
+    bstore[b.id] = (out, args)
+    for k, m in enumerate(b.members):
+        values[m] = out[k, ...]
+    return True
 
 
 class Activations:
     """The stored value (activity) of every node computed by one forward run."""
 
-    def __init__(self, graph, plan, values):
+    def __init__(self, graph, plan, values, bstore=None):
         self.graph = graph
         self.plan = plan
         self._values = values
+        self._bstore = bstore or {}
 
     def _node(self, key):
         node = self.graph.own(key, "activations")
@@ -198,66 +257,194 @@ class Activations:
             seed = np.asarray(seed, dtype=np.float64 if out.dtype.kind != "f" else out.dtype)
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
-        return Gradients(self, loss, backward_pass(self, loss, seed, check_finite))
+        grads, tsum = backward_pass(self, loss, seed, check_finite)
+        return Gradients(self, loss, grads, tsum)
 
 
 def backward_pass(acts, loss, seed, check_finite=False):
-    """The reverse sweep; returns a list of gradients indexed by node (None where unreached)."""
+    """The reverse sweep.  Returns (grads indexed by node, {id(tie group): summed gradient}).
+
+    Tied parameters get no per-copy gradient here: their contributions add straight
+    into one buffer per tie group (T copies of a weight cost one gradient, not T);
+    ``Gradients`` computes a copy's own gradient on demand.
+    """
     values = acts._values
+    bstore = acts._bstore
+    plan = acts.plan
     nodes = acts.graph.nodes
+    tied = plan.tied
     grads = [None] * len(values)
     grads[loss.index] = seed
-    steps = acts.plan.steps
-    # plan.steps is topological; walk it backwards from the loss
-    for index, op, in_idx, attrs in reversed(steps):
-        if index > loss.index:
+    tsum = {}
+    bgrads = {}
+    unbroadcast = _ops.unbroadcast
+
+    def accumulate(j, gi):
+        t = tied.get(j)
+        if t is not None:
+            cur = tsum.get(id(t))
+            if cur is None:
+                tsum[id(t)] = np.array(gi, copy=True)  # owned: later contributions add in place
+            else:
+                cur += gi
+            return
+        prev = grads[j]
+        grads[j] = gi if prev is None else prev + gi  # out of place: gi may be shared with g
+
+    for step in reversed(plan.steps):
+        if step[0] == BATCH:
+            b = step[1]
+            if b.id in bstore:
+                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes)
+            else:
+                for m in reversed(b.members):
+                    _backward_single(nodes[m], values, grads, accumulate, check_finite)
             continue
+        _, index, _, in_idx, vjps = step
         g = grads[index]
-        if g is None or op is None:
+        if g is None:
             continue
         if check_finite and _not_finite(g):
-            node = nodes[index]
-            raise NonFiniteError(f"backward: the gradient at node '{node.name}' ({node.op}) is the first "
-                                 f"to hold NaN or infinity")
+            _nonfinite_grad(nodes[index])
         ins = [values[j] for j in in_idx]
         out = values[index]
-        for pos, j in enumerate(in_idx):
-            gi = op.vjp(pos, g, out, ins, attrs)
+        for j, vjp in vjps:
+            gi = vjp(g, out, *ins)
             if gi is None:
                 continue
-            gi = _ops.unbroadcast(gi, np.shape(values[j]))
-            prev = grads[j]
-            grads[j] = gi if prev is None else prev + gi  # out of place: gi may be shared with g
-    return grads
+            shape = values[j].shape
+            if gi.shape != shape:
+                gi = unbroadcast(gi, shape)
+            t = tied.get(j)
+            if t is not None:
+                cur = tsum.get(id(t))
+                if cur is None:
+                    tsum[id(t)] = np.array(gi, copy=True)  # owned: later contributions add in place
+                else:
+                    cur += gi
+            else:
+                prev = grads[j]
+                grads[j] = gi if prev is None else prev + gi  # out of place: gi may be shared with g
+    return grads, tsum
+
+
+def _nonfinite_grad(node):
+    raise NonFiniteError(f"backward: the gradient at node '{node.name}' ({node.op}) is the first "
+                         f"to hold NaN or infinity")
+
+
+def _backward_single(node, values, grads, accumulate, check_finite):
+    g = grads[node.index]
+    if g is None:
+        return
+    if check_finite and _not_finite(g):
+        _nonfinite_grad(node)
+    op = _ops.get(node.op)
+    ins = [values[i.index] for i in node.inputs]
+    for pos, i in enumerate(node.inputs):
+        gi = op.vjp(pos, g, values[node.index], ins, node.attrs)
+        if gi is not None:
+            accumulate(i.index, _ops.unbroadcast(gi, np.shape(values[i.index])))
+
+
+def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes):
+    out, args = bstore[b.id]
+    G = bgrads.pop(b.id, None)
+    per = [grads[m] for m in b.members]
+    if G is None and all(p is None for p in per):
+        return
+    if G is None:
+        G = np.stack([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(b.members, per)])
+    elif any(p is not None for p in per):
+        G = np.array(G, copy=True)
+        for k, p in enumerate(per):
+            if p is not None:
+                G[k] += p
+    for k, m in enumerate(b.members):
+        grads[m] = G[k, ...]
+    unbroadcast = _ops.unbroadcast
+    for pos, (kind, ref) in enumerate(b.inputs):
+        if b.kind == "dedicated":
+            gi = b.op.batch[2][pos](G, out, *args, **b.attrs)
+        else:
+            gi = b.op.vjp(pos, G, out, args, b.attrs)
+        if gi is None:
+            continue
+        if kind == "shared":
+            accumulate(ref, unbroadcast(gi, np.shape(values[ref])))
+        elif kind == "tied":
+            accumulate(ref[0], unbroadcast(gi, np.shape(values[ref[0]])))
+        elif kind == "batch":
+            natural = bstore[ref][0].shape
+            gi = unbroadcast(gi, args[pos].shape).reshape(natural)
+            prev = bgrads.get(ref)
+            bgrads[ref] = gi if prev is None else prev + gi
+        else:
+            gi = unbroadcast(gi, args[pos].shape)
+            for k, j in enumerate(ref):
+                accumulate(j, gi[k, ...].reshape(np.shape(values[j])))
 
 
 class Gradients:
     """dE/d(node) for every node; zeros for nodes the loss does not depend on.
 
-    ``grads[W]`` is the raw gradient of one parameter, as if it were unconstrained;
+    ``grads[W]`` is the raw gradient of one parameter, as if it were unconstrained
+    (for a tied copy: its own contribution, computed on demand);
     ``grads.constrained()`` applies the graph's ties and linear constraints.
     """
 
-    def __init__(self, acts, loss, grads):
+    def __init__(self, acts, loss, grads, tied_sums=None):
         self.acts = acts
         self.graph = acts.graph
         self.loss = loss
         self._grads = grads
+        self._tied_sums = tied_sums or {}
+        self._copy_cache = {}
 
     def __getitem__(self, key):
         node = self.graph.own(key, "gradients")
-        g = self._grads[node.index] if node.index < len(self._grads) else None
+        i = node.index
+        if i in self.acts.plan.tied:
+            g = self._copy_cache.get(i)
+            if g is None:
+                g = self._copy_cache[i] = self._copy_grad(node)
+            return g
+        g = self._grads[i] if i < len(self._grads) else None
         if g is not None:
             return g
-        if node.index < len(self.acts._values) and self.acts._values[node.index] is not None:
-            return np.zeros(np.shape(self.acts._values[node.index]))
+        if i < len(self.acts._values) and self.acts._values[i] is not None:
+            return np.zeros(np.shape(self.acts._values[i]))
         if node.op == "param":
             return np.zeros_like(node.value)
         raise UnknownNodeError(f"node '{node.name}' was not computed in the forward run, so it has no gradient")
 
+    def _copy_grad(self, node):
+        """One tied copy's own gradient: the sum of its consumers' VJPs (computed when asked)."""
+        values = self.acts._values
+        nodes = self.graph.nodes
+        total = None
+        for c, pos in self.acts.plan.consumers(node.index):
+            g = self._grads[c]
+            if g is None:
+                continue
+            cn = nodes[c]
+            gi = _ops.get(cn.op).vjp(pos, g, values[c], [values[i.index] for i in cn.inputs], cn.attrs)
+            if gi is None:
+                continue
+            gi = _ops.unbroadcast(gi, node.value.shape)
+            total = gi if total is None else total + gi
+        return np.zeros_like(node.value) if total is None else total
+
+    def tied_sum(self, tie):
+        """The sum of a tie group's raw gradients, accumulated in one buffer during backward."""
+        s = self._tied_sums.get(id(tie))
+        return np.zeros_like(tie.members[0].value) if s is None else s
+
     def reached(self, key):
         """True when the loss depends on this node."""
         node = self.graph.own(key, "gradients")
+        if node.index in self.acts.plan.tied:
+            return any(self._grads[c] is not None for c, _ in self.acts.plan.consumers(node.index))
         return node.index < len(self._grads) and self._grads[node.index] is not None
 
     def params(self):

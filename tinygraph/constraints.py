@@ -153,6 +153,7 @@ class ConstraintSet:
         self._systems = None
         self._variables = {}  # id(param) -> Variable (its tie group, or the param alone)
         self._tie_of = {}  # id(param) -> TieGroup
+        self.version = 0  # bumped on every change, so compiled plans know to recompile
 
     # ------------------------------------------------------------ declaring
     def _param(self, p, what):
@@ -292,6 +293,7 @@ class ConstraintSet:
 
     # ------------------------------------------------------------ compiled view
     def _rebuild(self):
+        self.version += 1
         self._variables = {}
         for t in self.ties:
             v = Variable(t.members, t.reduce, t)
@@ -350,6 +352,9 @@ class ConstraintSet:
     # ------------------------------------------------------------ applying
     def raw_variable_grad(self, variable, grads):
         """The unconstrained gradient of one variable: sum or mean over its members."""
+        if variable.tie is not None and hasattr(grads, "tied_sum") and variable.tie.members[0] in grads.acts:
+            total = grads.tied_sum(variable.tie)
+            return total / len(variable.members) if variable.reduce == "mean" else total
         gs = [grads[m] for m in variable.members]
         if len(gs) == 1:
             return np.asarray(gs[0])

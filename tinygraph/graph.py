@@ -129,7 +129,7 @@ class Graph:
         return node
 
     # ------------------------------------------------------------ running
-    def forward(self, feeds=None, outputs=None, check_finite=False):
+    def forward(self, feeds=None, outputs=None, check_finite=False, batch=None):
         """Run the graph and return the Activations (the stored value of every node).
 
         Parameters
@@ -141,6 +141,9 @@ class Graph:
             Compute only what these need (and only require their feeds).  Default: all nodes.
         check_finite : bool
             Stop at the first node whose value holds NaN or infinity, naming it.
+        batch : bool, optional
+            Run identical independent nodes as one batched numpy call (default: on,
+            see ``tinygraph.plan``); False runs node by node.  Results are the same.
 
         Raises
         ------
@@ -148,7 +151,7 @@ class Graph:
         ``check_finite``.
         """
         from .autodiff import run_forward
-        return run_forward(self, feeds or {}, outputs, check_finite)
+        return run_forward(self, feeds or {}, outputs, check_finite, batch)
 
     # ------------------------------------------------------------ ties and constraints
     def tie(self, *params, reduce="sum", align=False):

@@ -26,6 +26,13 @@ class OpDef:
     vjps: tuple  # one function per input; for a variadic op a single function vjp(i, g, out, *xs)
     shape: Callable  # shape(*input_shapes, **attrs) -> static output shape
     variadic: bool = False
+    # How the op runs on members stacked along a new leading axis (one call for many
+    # independent copies of the same node, e.g. one node of every time step):
+    # "elementwise" (forward and VJPs work unchanged on stacked inputs), "matmul"
+    # (the same, with a shared right operand), a (forward, lift, vjps) triple of
+    # dedicated versions (losses: one value per member; lift says whether operands
+    # broadcast elementwise), or None (not batched).
+    batch: object = None
 
     def vjp(self, i, g, out, values, attrs):
         if self.variadic:
@@ -38,12 +45,18 @@ class OpDef:
 REGISTRY: dict[str, OpDef] = {}
 
 
-def defop(name, forward, vjps, shape, variadic=False):
-    """Register an op: forward(*values, **attrs), its VJPs and its shape rule."""
+def defop(name, forward, vjps, shape, variadic=False, batch=None):
+    """Register an op: forward(*values, **attrs), its VJPs, its shape rule and (optionally)
+    how it batches across identical independent nodes (see OpDef.batch)."""
     if name in REGISTRY:
         raise ValueError(f"op '{name}' is already registered")
-    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic)
+    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic, batch)
     return REGISTRY[name]
+
+
+def _set_batch(name, rule):
+    op = REGISTRY[name]
+    REGISTRY[name] = OpDef(op.name, op.forward, op.vjps, op.shape, op.variadic, rule)
 
 
 def get(name):
@@ -197,6 +210,12 @@ def _matmul_vjp_a(g, out, a, b):
 
 
 def _matmul_vjp_b(g, out, a, b):
+    if b.ndim == 2 and a.ndim >= 2 and a.shape[:-1] == g.shape[:-1]:
+        # one matrix product over every leading axis: a shared weight's gradient summed
+        # over batch (and time, when batched) without a per-member intermediate
+        if a.ndim == 2:
+            return a.T @ g
+        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
     if a.ndim == 1 and b.ndim == 1:
         return g * a
     if a.ndim == 1:
@@ -515,3 +534,45 @@ def clamp(computed, value, units, *, name=None):
     """``computed`` with the units (last axis) in ``units`` replaced by ``value``."""
     units = np.asarray(units, dtype=np.int64)
     return apply("clamp", (computed, value), {"units": units}, name=name)
+
+
+# ----------------------------------------------------------------- batching rules
+
+def _lead(g, ndim):
+    """A per-member scalar gradient (members,) shaped to broadcast against stacked inputs."""
+    return np.reshape(g, (-1,) + (1,) * (ndim - 1))
+
+
+def _rest(x):
+    return tuple(range(1, x.ndim))
+
+
+def _se_batched(p, t):
+    d = p - t
+    return 0.5 * np.sum(d * d, axis=_rest(d))
+
+
+def _wse_batched(p, t, w):
+    d = p - t
+    return 0.5 * np.sum(w * d * d, axis=_rest(d))
+
+
+def _ce_batched(logits, labels):
+    return -np.sum(_onehot(labels, logits) * _log_softmax(logits, axis=-1), axis=_rest(logits))
+
+
+for _name in ("add", "sub", "mul", "div", "neg", "pow", "add_n", "identity", "exp", "log", "tanh", "logistic",
+              "relu", "stop_gradient", "clamp"):
+    _set_batch(_name, "elementwise")
+_set_batch("matmul", "matmul")
+_set_batch("squared_error", (_se_batched, True, (
+    lambda g, out, p, t: _lead(g, max(p.ndim, t.ndim)) * (p - t),
+    lambda g, out, p, t: -_lead(g, max(p.ndim, t.ndim)) * (p - t))))
+_set_batch("weighted_squared_error", (_wse_batched, True, (
+    lambda g, out, p, t, w: _lead(g, max(p.ndim, t.ndim, w.ndim)) * w * (p - t),
+    lambda g, out, p, t, w: -_lead(g, max(p.ndim, t.ndim, w.ndim)) * w * (p - t),
+    lambda g, out, p, t, w: 0.5 * _lead(g, max(p.ndim, t.ndim, w.ndim)) * (p - t) ** 2)))
+_set_batch("cross_entropy", (_ce_batched, False, (
+    lambda g, out, logits, labels: _lead(g, logits.ndim) * (_softmax(logits, axis=-1) - _onehot(labels, logits)),
+    lambda g, out, logits, labels: (-_lead(g, logits.ndim) * _log_softmax(logits, axis=-1)
+                                    if labels.shape == logits.shape else None))))

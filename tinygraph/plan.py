@@ -1,0 +1,266 @@
+"""Compiling a graph into an execution plan: the flat list of steps one run executes.
+
+A plan is computed once per (graph version, requested outputs) and reused.  Besides
+ordering the needed nodes it finds *batches*: nodes that compute the same op with
+the same attributes on inputs of the same kind (e.g. ``in[x->h]@t`` for every step
+t, all reading the one shared weight) and do not depend on each other.  A batch
+runs as one numpy call on its members' inputs stacked along a new leading axis
+(T small matmuls become one big one); every member still gets its own value and
+gradient (a view into the stacked result), so the graph, its pictures and its
+per-node numbers stay literal.
+
+Members are independent when they sit at the same depth from the sources (level)
+or the same distance to the sinks (reverse level); both are checked by contracting
+the batches and sorting the result (Kahn's algorithm), falling back to fewer
+batches if that ever finds a cycle.
+"""
+
+import heapq
+from functools import partial
+
+import numpy as np
+
+from . import ops as _ops
+from .errors import GraphError
+
+SINGLE, BATCH = 0, 1
+MIN_BATCH = 2
+
+
+def _freeze(v):
+    if isinstance(v, np.ndarray):
+        return ("nd", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, (tuple, list)):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, slice):
+        return ("slice", v.start, v.stop, v.step)
+    return v
+
+
+def _attrs_key(attrs):
+    return tuple(sorted((k, _freeze(v)) for k, v in attrs.items())) if attrs else ()
+
+
+class Batch:
+    """Members computed together; ``inputs[p]`` says where position p's operand comes from:
+    ("shared", j) one node for all; ("tied", js) tied copies sharing one storage;
+    ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
+
+    __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel")
+
+    def __init__(self, bid, members, op, attrs, by_rlevel):
+        self.id = bid
+        self.members = members
+        self.op = op
+        self.attrs = attrs
+        self.kind = op.batch if isinstance(op.batch, str) else "dedicated"
+        self.inputs = []
+        self.by_rlevel = by_rlevel
+
+
+def _levels(nodes, order):
+    level = {}
+    for i in order:
+        ins = nodes[i].inputs
+        level[i] = 1 + max(level[j.index] for j in ins) if ins else 0
+    rlevel = dict.fromkeys(order, 0)
+    for i in reversed(order):
+        r = rlevel[i] + 1
+        for j in nodes[i].inputs:
+            if rlevel[j.index] < r:
+                rlevel[j.index] = r
+    return level, rlevel
+
+
+def find_batches(graph, order):
+    """Group identical, independent nodes of ``order`` into batches (see module doc)."""
+    nodes = graph.nodes
+    tie_of = graph.constraints._tie_of
+    intern = {}
+    members_of = {}
+    for i in order:
+        n = nodes[i]
+        op = None
+        if n.op == "input":
+            key = ("input", n.shape, str(n.dtype))
+        elif n.op == "param":
+            key = ("param", id(n.value))
+        elif n.op == "const":
+            key = ("const", i)
+        else:
+            op = _ops.REGISTRY.get(n.op)
+            if op is None or op.batch is None:
+                key = ("solo", i)
+            else:
+                # what batching needs to be alike: op, attrs, shapes and which weights are
+                # read; not the inputs' history (h@t and h@t+1 differ only by their past)
+                key = (n.op, n.shape, _attrs_key(n.attrs),
+                       tuple(("param", id(j.value)) if j.op == "param" else (j.op, j.shape) for j in n.inputs))
+        c = intern.setdefault(key, len(intern))
+        if op is not None and op.batch is not None:
+            members_of.setdefault(c, []).append(i)
+    candidates = [ms for ms in members_of.values() if len(ms) >= MIN_BATCH]
+    if not candidates:
+        return []
+    level, rlevel = _levels(nodes, order)
+    groups = []
+    for ms in candidates:
+        by_l, by_r = {}, {}
+        for m in ms:
+            by_l.setdefault(level[m], []).append(m)
+            by_r.setdefault(rlevel[m], []).append(m)
+        use_r = len(by_r) < len(by_l)
+        for part in (by_r if use_r else by_l).values():
+            if len(part) >= MIN_BATCH:
+                groups.append((part, use_r))
+    groups.sort(key=lambda g: g[0][0])
+    batches = []
+    by_members = {}
+    for part, use_r in groups:
+        first = nodes[part[0]]
+        op = _ops.REGISTRY[first.op]
+        b = Batch(len(batches), part, op, first.attrs, use_r)
+        ok = True
+        in_ranks = []
+        for p in range(len(first.inputs)):
+            js = [nodes[m].inputs[p].index for m in part]
+            in_ranks.append(len(nodes[js[0]].shape))
+            if all(j == js[0] for j in js):
+                b.inputs.append(("shared", js[0]))
+            elif (nodes[js[0]].op == "param" and all(nodes[j].op == "param" for j in js)
+                  and all(nodes[j].value is nodes[js[0]].value for j in js)
+                  and tie_of.get(id(nodes[js[0]])) is not None
+                  and all(tie_of.get(id(nodes[j])) is tie_of.get(id(nodes[js[0]])) for j in js)):
+                b.inputs.append(("tied", js))
+            elif tuple(js) in by_members:
+                b.inputs.append(("batch", by_members[tuple(js)]))
+            else:
+                b.inputs.append(("stack", js))
+        if all(kind in ("shared", "tied") for kind, _ in b.inputs):
+            ok = False  # nothing varies across members: no member axis to batch over
+        if b.kind == "matmul" and any(r < 2 for r in in_ranks):
+            ok = False
+        if ok:
+            b.in_ranks = in_ranks
+            b.rank = max(in_ranks) if in_ranks else 0
+            batches.append(b)
+            by_members[tuple(part)] = b.id
+    # renumber: a rejected group may have left gaps
+    return batches
+
+
+def schedule(graph, order, batches):
+    """Topological order of units (single nodes and batches); None when contracting made a cycle."""
+    nodes = graph.nodes
+    unit_of = {}
+    for b in batches:
+        for m in b.members:
+            unit_of[m] = ("b", b.id)
+    units = {}
+    for i in order:
+        u = unit_of.get(i, ("n", i))
+        units.setdefault(u, []).append(i)
+    deps = {u: set() for u in units}
+    users = {u: [] for u in units}
+    for u, ms in units.items():
+        for m in ms:
+            for j in nodes[m].inputs:
+                v = unit_of.get(j.index, ("n", j.index))
+                if v != u and v not in deps[u]:
+                    deps[u].add(v)
+                    users[v].append(u)
+    indeg = {u: len(d) for u, d in deps.items()}
+    heap = [(units[u][0], u) for u, d in indeg.items() if d == 0]
+    heapq.heapify(heap)
+    out = []
+    while heap:
+        _, u = heapq.heappop(heap)
+        out.append(u)
+        for v in users[u]:
+            indeg[v] -= 1
+            if indeg[v] == 0:
+                heapq.heappush(heap, (units[v][0], v))
+    if len(out) != len(units):
+        return None
+    return out
+
+
+class Plan:
+    """The steps one run executes: ``(SINGLE, index, op, input indices, attrs)`` or ``(BATCH, batch)``."""
+
+    def __init__(self, graph, needed, batch=True):
+        self.graph = graph
+        self.size = len(graph.nodes)
+        nodes = graph.nodes
+        self.order = [nodes[i] for i in needed]
+        for node in self.order:  # creation order is topological; check it instead of trusting it
+            for inp in node.inputs:
+                if inp.index >= node.index:
+                    raise GraphError(f"node '{node.name}' uses '{inp.name}', created after it")
+        self.inputs = [n for n in self.order if n.op == "input"]
+        batches = find_batches(graph, needed) if batch else []
+        units = schedule(graph, needed, batches) if batches else None
+        if batches and units is None:  # drop the reverse-level batches, then all, until acyclic
+            batches = [b for b in batches if not b.by_rlevel]
+            units = schedule(graph, needed, batches) if batches else None
+            if units is None:
+                batches = []
+        self.batches = batches
+        tie_of = graph.constraints._tie_of
+        self.tied = {}  # node index -> tie group, for params whose gradient accumulates in one buffer
+        for n in self.order:
+            if n.op == "param":
+                t = tie_of.get(id(n))
+                if t is not None:
+                    self.tied[n.index] = t
+        steps = []
+        if units is None:
+            units = [("n", i) for i in needed]
+        # sources are filled before the run; only computing nodes become steps, each with
+        # its forward and its VJPs bound to the node's attributes (no lookups while running)
+        self.sources = [(n.index, n) for n in self.order if n.op in ("param", "const")]
+        for kind, ref in units:
+            if kind == "b":
+                steps.append((BATCH, batches[ref]))
+                continue
+            n = nodes[ref]
+            if n.op in ("input", "param", "const"):
+                continue
+            op = _ops.get(n.op)
+            in_idx = tuple(i.index for i in n.inputs)
+            fwd = partial(op.forward, **n.attrs) if n.attrs else op.forward
+            vjps = tuple((j, _bound_vjp(op, pos, n.attrs)) for pos, j in enumerate(in_idx))
+            steps.append((SINGLE, ref, fwd, in_idx, vjps))
+        self.steps = steps
+        self._consumers = None
+
+    def consumers(self, index):
+        """[(consumer index, input position)] of node ``index`` within this plan."""
+        if self._consumers is None:
+            cons = {}
+            for n in self.order:
+                for pos, i in enumerate(n.inputs):
+                    cons.setdefault(i.index, []).append((n.index, pos))
+            self._consumers = cons
+        return self._consumers.get(index, [])
+
+
+def _bound_vjp(op, pos, attrs):
+    if op.variadic:
+        fn = partial(op.vjps[0], pos)
+    elif pos < len(op.vjps):
+        fn = op.vjps[pos]
+    else:
+        raise _ops.UnknownOpError(f"op '{op.name}' has no derivative rule for input {pos}")
+    return partial(fn, **attrs) if attrs else fn
+
+
+def lift(arr, rank, stacked):
+    """Reshape an operand for a batched call whose members have rank ``rank``:
+    a stacked operand (members first) gets 1s after the member axis, a shared one
+    gets 1s in front, so numpy broadcasting lines the axes up as in a single member."""
+    if stacked:
+        q = arr.ndim - 1
+        return arr if q == rank else arr.reshape(arr.shape[:1] + (1,) * (rank - q) + arr.shape[1:])
+    q = arr.ndim
+    return arr if q == rank + 1 else arr.reshape((1,) * (rank + 1 - q) + arr.shape)
