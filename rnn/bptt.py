@@ -11,13 +11,15 @@ mechanism forms over the unrolled graph's copies.
 
 import numpy as np
 
+from tinygraph.ops import _logistic
+
 from .data import resolve_all
 from .unroll import initial_state
 
 
 def activation(name, a):
     if name == "logistic":
-        return 0.5 * (1.0 + np.tanh(0.5 * a))
+        return _logistic(a)
     if name == "tanh":
         return np.tanh(a)
     if name == "relu":

@@ -325,9 +325,6 @@ def test_check_finite_infinity_and_source_nodes():
             g.forward({"x": np.array([np.nan, 1.0])}, check_finite=True)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: autodiff.backward_pass checks only the gradients of op nodes before "
-                                       "propagating, never the gradients it produces for sources, so an infinite "
-                                       "gradient at an input/param escapes check_finite=True")
 def test_backward_check_finite_reports_infinite_input_gradient():
     g = tg.Graph()
     x = g.input("x", (3,))
@@ -415,9 +412,6 @@ def test_node_has_no_truth_value_or_iteration():
     assert len(x) == 3
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ops._ce_shape accepts one-hot labels that broadcast against the logits "
-                                       "((1, C) vs (N, C)), but ops._onehot treats any labels whose shape differs "
-                                       "from the logits' as class indices, so the run fails deep in numpy")
 def test_cross_entropy_broadcast_one_hot_labels_work_or_fail_at_build_time():
     g = tg.Graph()
     logits = g.input("logits", (4, 3))

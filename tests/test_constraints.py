@@ -573,9 +573,6 @@ def test_tie_groups_merge_with_same_reduce_and_refuse_different():
 
 # ----------------------------------------------------------------- known bugs
 
-@pytest.mark.xfail(strict=True, reason="BUG: ConstraintSet.tie registers the group before _rebuild(); when the "
-                   "merged system is inconsistent the ConstraintError leaves the tie in place, stale systems "
-                   "and the align=True copy already written")
 def test_tie_that_makes_constraints_inconsistent_leaves_no_trace():
     g = tg.Graph("g")
     W1 = g.param("W1", np.array([1.0, 0.0]))
@@ -593,8 +590,6 @@ def test_tie_that_makes_constraints_inconsistent_leaves_no_trace():
     assert all(r <= 1e-9 for r in g.constraints.residuals().values())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ConstraintSet.tie(align=True) copies values into a member that is "
-                   "under a linear constraint without checking the residual; the constraint is silently broken")
 def test_align_tie_does_not_silently_break_a_constraint():
     g = tg.Graph("g")
     W1 = g.param("W1", np.array([0.3, 0.3]))
@@ -610,8 +605,6 @@ def test_align_tie_does_not_silently_break_a_constraint():
     assert all(r <= 1e-9 for r in g.constraints.residuals().values())
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ConstraintSet.constrain keys the coefficients by resolved node, so a "
-                   "param given twice (as node and by name) silently keeps only the last block")
 def test_same_param_twice_in_one_constraint_is_not_silently_dropped():
     # either refuse, or add the blocks (as for two members of one tie): [[1, 1]] x = 0.5 is
     # then violated by x = [0.5, 0.5].  Keeping only [[0, 1]] and accepting is wrong either way.

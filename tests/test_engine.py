@@ -96,8 +96,6 @@ def test_static_shape_values_are_correct():
     np.testing.assert_array_equal(acts[cases["x@W"][0]], X @ np.ones((3, 4)))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: shapes.matmul gives (1,) for a 1-D @ 1-D product; numpy gives () "
-                                       "(the scalar). The runtime value has shape ()")
 def test_static_shape_of_vector_dot_vector_is_scalar():
     g = tg.Graph()
     a = g.input("a", (3,))
@@ -108,8 +106,6 @@ def test_static_shape_of_vector_dot_vector_is_scalar():
     assert d.shape == ()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: shapes.index infers a fixed size for a slice with a fixed stop on "
-                                       "a None axis (x[:5] -> 5) though at run time it is min(5, batch)")
 def test_static_shape_of_bounded_slice_on_none_axis_is_unknown():
     g = tg.Graph()
     x = g.input("x", (None, 3))

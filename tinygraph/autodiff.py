@@ -121,13 +121,13 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None):
     nodes = graph.nodes
     for index, node in plan.sources:
         values[index] = node.value
-    for index, value in fed.items():
-        values[index] = value
+    for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
+        values[node.index] = fed[node.index]
     if check_finite:
         for index, _ in plan.sources:
             _check_value(nodes[index], values)
-        for index in fed:
-            _check_value(nodes[index], values)
+        for node in plan.inputs:
+            _check_value(node, values)
     for step in plan.steps:
         if step[0] == BATCH:
             b = step[1]
@@ -258,6 +258,13 @@ class Activations:
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
         grads, tsum = backward_pass(self, loss, seed, check_finite)
+        if check_finite:  # the loop checks what it propagates; sources end it, so check them here
+            for n in self.plan.order:
+                if n.op in ("input", "param", "const") and _not_finite(grads[n.index]):
+                    _nonfinite_grad(n)
+            for t in self.plan.tied.values():
+                if _not_finite(tsum.get(id(t))):
+                    _nonfinite_grad(t.members[0])
         return Gradients(self, loss, grads, tsum)
 
 

@@ -53,7 +53,7 @@ def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, m
     if wrt is None:
         wrt = [p for p in graph.params if p in acts]
         if inputs:
-            wrt += [n for n in graph.inputs if np.issubdtype(n.dtype, np.floating)]
+            wrt += [n for n in graph.inputs if np.issubdtype(n.dtype, np.floating) and n in acts]
     rng = np.random.default_rng(seed)
     # resolve feeds by name so inputs can be perturbed
     by_name = {(k if isinstance(k, str) else k.name): np.array(v, dtype=np.float64, copy=True)

@@ -199,23 +199,41 @@ class ConstraintSet:
             for t in merged.values():
                 members += [x for x in t.members if id(x) not in ids]
                 ids.update(id(x) for x in t.members)
+        aligned = []
         for m in members[1:]:
             if m.value is first.value:
                 continue
             if not np.array_equal(m.value, first.value):
-                if align:
-                    m.value[...] = first.value
-                else:
+                if not align:
                     raise ConstraintError(
                         f"tie: '{m.name}' and '{first.name}' have different values; tied params must start "
                         f"equal (pass align=True to copy '{first.name}' into the others)")
+                aligned.append(m)
+        saved_ties, saved_tie_of = list(self.ties), dict(self._tie_of)
+        saved_values = [(m, m.value.copy()) for m in aligned]
+        for m in aligned:
+            m.value[...] = first.value
         if merged:
             self.ties = [t for t in self.ties if id(t) not in merged]
         group = TieGroup(members, reduce)
         self.ties.append(group)
         for m in members:
             self._tie_of[id(m)] = group
-        self._rebuild()
+        try:
+            self._rebuild()
+            ids = {id(m) for m in members}
+            for s in self._systems:
+                if any(id(p) in ids for v in s.variables for p in v.members) and s.residual() > _TOL:
+                    raise ConstraintError(
+                        f"tie: tying {[m.name for m in members[:4]]} makes their values violate the linear "
+                        f"constraint over {s.names()} (relative residual {s.residual():.3g}); make the values "
+                        f"satisfy it before tying")
+        except ConstraintError:
+            self.ties, self._tie_of = saved_ties, saved_tie_of
+            for m, old in saved_values:
+                m.value[...] = old
+            self._rebuild()
+            raise
         return group
 
     def constrain(self, coefficients, rhs=None, project_init=False, kind="general"):
@@ -237,7 +255,8 @@ class ConstraintSet:
                 raise ConstraintError(f"constrain: every coefficient matrix needs the same number of rows; "
                                       f"'{p.name}' has {C.shape[0]}, others {m}")
             m = C.shape[0]
-            coeffs[p] = C
+            # the same param named twice: its blocks act on one vector, so they add
+            coeffs[p] = coeffs[p] + C if p in coeffs else C
         rhs = np.zeros(m) if rhs is None else np.asarray(rhs, dtype=np.float64).reshape(-1)
         if rhs.shape != (m,):
             raise ConstraintError(f"constrain: rhs has {rhs.size} entries but the constraint has {m} rows")

@@ -130,6 +130,8 @@ defop("neg", np.negative, (lambda g, out, a: -g,), lambda s: s)
 
 
 def _pow_vjp(g, out, x, *, exponent):
+    if exponent == 0:
+        return np.zeros(np.broadcast_shapes(np.shape(g), np.shape(x)))  # x**0 is constant, even at 0
     if exponent == 2:
         return g * 2.0 * x
     return g * exponent * x ** (exponent - 1)
@@ -236,8 +238,9 @@ def matmul(a, b, *, name=None):
 # ----------------------------------------------------------------- nonlinearities
 
 def _logistic(x):
-    # 0.5 * (1 + tanh(x / 2)) is the logistic function without overflow for large |x|
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
+    # exp(-log(1 + exp(-x))): no overflow for large |x| and full relative precision
+    # for very negative x (where 1 / (1 + exp(-x)) or 0.5 * (1 + tanh(x / 2)) cancel)
+    return np.exp(-np.logaddexp(0.0, -x))
 
 
 def _same_shape(s):
@@ -467,8 +470,8 @@ def squared_error(pred, target, *, name=None):
 
 
 def _onehot(labels, logits):
-    if labels.shape == logits.shape and np.issubdtype(labels.dtype, np.floating):
-        return labels
+    if labels.ndim == logits.ndim and np.issubdtype(labels.dtype, np.floating):
+        return labels  # one-hot rows or probabilities (broadcasting like the shape rule allows)
     lab = labels.astype(np.int64)
     n = logits.shape[-1]
     if lab.size and (lab.min() < 0 or lab.max() >= n):
@@ -495,7 +498,7 @@ def _ce_shape(ls, lab):
 defop("cross_entropy", _ce_forward,
       (lambda g, out, logits, labels: g * (_softmax(logits, axis=-1) - _onehot(labels, logits)),
        lambda g, out, logits, labels: (-g * _log_softmax(logits, axis=-1)
-                                       if labels.shape == logits.shape else None)),
+                                       if labels.ndim == logits.ndim else None)),
       _ce_shape)
 
 
@@ -575,4 +578,4 @@ _set_batch("weighted_squared_error", (_wse_batched, True, (
 _set_batch("cross_entropy", (_ce_batched, False, (
     lambda g, out, logits, labels: _lead(g, logits.ndim) * (_softmax(logits, axis=-1) - _onehot(labels, logits)),
     lambda g, out, logits, labels: (-_lead(g, logits.ndim) * _log_softmax(logits, axis=-1)
-                                    if labels.shape == logits.shape else None))))
+                                    if labels.ndim == logits.ndim else None))))

@@ -127,6 +127,10 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(params, lr, weight_decay, clip_norm)
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise GraphError(f"Adam: betas must be two numbers in [0, 1), got {tuple(betas)!r}")
+        if not eps > 0:
+            raise GraphError(f"Adam: eps must be > 0, got {eps}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
 
