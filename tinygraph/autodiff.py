@@ -183,14 +183,24 @@ def _batch_args(b, values, bstore):
             a = bstore[ref][0]
             stacked = True
         else:
-            vals = [values[j] for j in ref]
-            shape0 = np.shape(vals[0])
-            if any(np.shape(v) != shape0 for v in vals):
+            a = _stack([values[j] for j in ref])
+            if a is None:
                 return None
-            a = np.stack(vals)
             stacked = True
         args.append(lift(a, b.rank, stacked) if lifted else a)
     return args
+
+
+def _stack(vals):
+    """np.stack for many small arrays, with less per-array overhead; None if shapes differ."""
+    first = np.asarray(vals[0])
+    shape = first.shape
+    out = np.empty((len(vals),) + shape, dtype=np.result_type(*{v.dtype for v in vals}) if len(vals) else first.dtype)
+    for k, v in enumerate(vals):
+        if v.shape != shape:
+            return None
+        out[k] = v
+    return out
 
 
 def _forward_batch(b, values, bstore):
@@ -285,6 +295,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     tsum = {}
     bgrads = {}
     unbroadcast = _ops.unbroadcast
+    passthrough = _ops.passthrough
 
     def accumulate(j, gi):
         t = tied.get(j)
@@ -313,12 +324,16 @@ def backward_pass(acts, loss, seed, check_finite=False):
             continue
         if check_finite and _not_finite(g):
             _nonfinite_grad(nodes[index])
-        ins = [values[j] for j in in_idx]
-        out = values[index]
+        ins = None
         for j, vjp in vjps:
-            gi = vjp(g, out, *ins)
-            if gi is None:
-                continue
+            if vjp is passthrough:
+                gi = g
+            else:
+                if ins is None:
+                    ins = [values[k] for k in in_idx]
+                gi = vjp(g, values[index], *ins)
+                if gi is None:
+                    continue
             shape = values[j].shape
             if gi.shape != shape:
                 gi = unbroadcast(gi, shape)
@@ -361,7 +376,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes):
     if G is None and all(p is None for p in per):
         return
     if G is None:
-        G = np.stack([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(b.members, per)])
+        G = _stack([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(b.members, per)])
     elif any(p is not None for p in per):
         G = np.array(G, copy=True)
         for k, p in enumerate(per):

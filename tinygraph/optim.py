@@ -41,6 +41,7 @@ class Optimizer:
         self.weight_decay = float(weight_decay)
         self.clip_norm = clip_norm
         self.state = {}  # id(storage array) -> per-variable state
+        self._variables = (None, None)  # (constraints version, variables): recomputed only on change
         self.steps = 0
         self.last_grad_norm = None
 
@@ -67,7 +68,10 @@ class Optimizer:
     def step(self, grads):
         """Apply one update from ``grads`` (a Gradients object or {param: raw gradient})."""
         cs = self.graph.constraints
-        variables = cs.variables(self.params)
+        version, variables = self._variables
+        if version != cs.version:
+            variables = cs.variables(self.params)
+            self._variables = (cs.version, variables)
         per_var = self._grads(grads, variables)
         for v, g in per_var.items():
             if g.shape != v.shape:
