@@ -10,3 +10,6 @@ from .data import Clamp, Target, DataError
 from .unroll import Unrolled, RunResult
 from .bptt import bptt, BPTTResult
 from .check import check_equivalence, EquivalenceReport
+from .inspect import inspect, Inspection
+from . import tasks
+from .train import train, SequenceData

@@ -137,6 +137,7 @@ def check_equivalence(net, steps, inputs=(), targets=(), truncate=None, reduce="
 
     if finite_differences and truncate is None:
         rng = np.random.default_rng(seed)
+        floor = max(1e-8, 1e-6 * abs(out.loss))  # finite differences' rounding noise scales with the loss
         for name, arr in net.weights.items():
             flat = arr.reshape(-1)  # a view: perturbing it perturbs every tied copy at once
             idx = np.arange(flat.size)
@@ -155,7 +156,7 @@ def check_equivalence(net, steps, inputs=(), targets=(), truncate=None, reduce="
             if reduce == "mean" and em.copies[name]:
                 analytic = analytic * len(em.copies[name])  # the mean is the derivative divided by #copies
             report.fd_errors[name] = (analytic, numeric)
-            report.errors[f"grad fd {name}"] = relative_error(analytic, numeric)
+            report.errors[f"grad fd {name}"] = relative_error(analytic, numeric, floor)
     elif truncate is not None:
         report.notes.append(f"truncate={truncate}: finite differences skipped (the truncated gradient is "
                             f"by design not the full derivative); compared with bptt truncated the same way")

@@ -422,3 +422,25 @@ def test_cross_entropy_broadcast_one_hot_labels_work_or_fail_at_build_time():
         return  # rejecting the shapes when the node is built is also correct
     val = g.forward({"logits": np.zeros((4, 3)), "labels": np.array([[0.0, 1.0, 0.0]])})[loss]
     assert val == pytest.approx(4 * np.log(3.0))
+
+
+def test_backward_check_finite_names_first_node_inside_a_batch():
+    g = tg.Graph()
+    x = g.input("x", (3,))
+    w = g.input("w", (3,))
+    s1, s2 = tg.add(x, 0.0, name="s1"), tg.add(w, 0.0, name="s2")    # identical independent nodes: batched
+    r1, r2 = tg.pow(s1, 0.5, name="r1"), tg.pow(s2, 0.5, name="r2")
+    loss = tg.sum(r1 * 2.0) + tg.sum(r2 * 3.0)
+    with np.errstate(all="ignore"):
+        acts = g.forward({"x": np.array([0.0, 1.0, 4.0]), "w": np.array([1.0, 1.0, 4.0])})
+        with raises(tg.NonFiniteError, "'s1'"):
+            acts.backward(loss, check_finite=True)
+
+
+def test_run_time_shape_error_inside_identical_nodes_names_the_node():
+    g = tg.Graph()
+    x1, y1, x2, y2 = (g.input(n, (None, 3)) for n in ("x1", "y1", "x2", "y2"))
+    tg.add(x1, y1, name="together1")
+    tg.add(x2, y2, name="together2")
+    with raises(tg.ShapeError, "'together1'", "(2, 3)", "(4, 3)"):
+        g.forward({"x1": np.ones((2, 3)), "y1": np.ones((4, 3)), "x2": np.ones((2, 3)), "y2": np.ones((4, 3))})

@@ -116,6 +116,27 @@ def test_static_shape_of_bounded_slice_on_none_axis_is_unknown():
     assert head.shape == (None, 3)
 
 
+def _check_slice_shape_against_batches(index):
+    g = tg.Graph()
+    x = g.input("x", (None, 3))
+    part = x[index]
+    for batch in (1, 2, 5):
+        acts = g.forward({"x": np.ones((batch, 3))})
+        rt = np.shape(acts[part])
+        assert part.shape[0] is None or part.shape[0] == rt[0], (batch, part.shape, rt)
+
+
+@pytest.mark.parametrize("index", [np.s_[:5], np.s_[1:3], np.s_[2:], np.s_[::2], np.s_[-1:]],
+                         ids=[":5", "1:3", "2:", "::2", "-1:"])
+def test_static_shape_of_slices_on_none_axis(index):
+    _check_slice_shape_against_batches(index)
+
+
+@pytest.mark.parametrize("index", [np.s_[:2], np.s_[-2:]], ids=[":2", "-2:"])
+def test_static_shape_of_short_slices_on_none_axis(index):
+    _check_slice_shape_against_batches(index)
+
+
 # ----------------------------------------------------------------- names
 
 def _build_named(g):
@@ -573,3 +594,120 @@ def test_identical_subexpressions_each_get_value_and_gradient(shape):
     # d/dx [2x + 4x + 6x + tanh(1.5 x)^2] = 12 + 2 T (1 - T^2) 1.5
     np.testing.assert_allclose(grads[x], 12.0 + 3.0 * T * (1 - T ** 2), rtol=1e-13)
     np.testing.assert_allclose(grads[W], np.sum(2 * T * (1 - T ** 2) * xv), rtol=1e-13)
+
+
+# ----------------------------------------------------------------- batched execution of identical independent nodes
+
+def _unrolled_rnn(T=5, batch=3, seed=0):
+    rng = np.random.default_rng(seed)
+    g = tg.Graph("rnn")
+    Wx = g.param("Wx", rng.standard_normal((2, 4)) * 0.5)
+    Wh = g.param("Wh", rng.standard_normal((4, 4)) * 0.5)
+    b = g.param("b", rng.standard_normal(4) * 0.1)
+    Wy = g.param("Wy", rng.standard_normal((4, 3)) * 0.5)
+    h = g.param("h0", rng.standard_normal(4) * 0.1)
+    feeds = {}
+    losses = []
+    for t in range(T):
+        x = g.input(f"x{t}", (None, 2))
+        y = g.input(f"y{t}", (None, 3))
+        lab = g.input(f"lab{t}", (None,), dtype=np.int64)
+        h = tg.tanh(x @ Wx + h @ Wh + b)
+        out = h @ Wy
+        losses.append(tg.squared_error(tg.logistic(out), y) + tg.cross_entropy(out, lab))
+        feeds[f"x{t}"] = rng.standard_normal((batch, 2))
+        feeds[f"y{t}"] = rng.uniform(0, 1, (batch, 3))
+        feeds[f"lab{t}"] = rng.integers(0, 3, batch)
+    loss = tg.add_n(losses)
+    return g, loss, feeds
+
+
+def test_batched_and_node_by_node_runs_agree():
+    g, loss, feeds = _unrolled_rnn()
+    acts_b = g.forward(feeds, batch=True)
+    acts_s = g.forward(feeds, batch=False)
+    assert acts_b.plan.batches, "the unrolled net should have batched steps"
+    assert not getattr(acts_s.plan, "batches", [])
+    for n in g.nodes:
+        np.testing.assert_allclose(acts_b[n], acts_s[n], rtol=1e-12, atol=1e-14, err_msg=n.name)
+    gb, gs = acts_b.backward(loss), acts_s.backward(loss)
+    for n in g.nodes:
+        np.testing.assert_allclose(gb[n], gs[n], rtol=1e-10, atol=1e-13, err_msg=n.name)
+    assert tg.check_gradients(g, loss, feeds, inputs=True) < 1e-6
+
+
+def test_identical_nodes_with_different_runtime_sizes():
+    g = tg.Graph()
+    x1 = g.input("x1", (None, 3))
+    x2 = g.input("x2", (None, 3))
+    u1, u2 = tg.tanh(x1), tg.tanh(x2)  # same op, same static shapes: a batch candidate
+    v1, v2 = tg.exp(u1), tg.exp(u2)    # a batch fed by that batch
+    loss = tg.sum(v1) + tg.sum(v2)
+    X1, X2 = np.full((2, 3), 0.5), np.full((4, 3), -0.25)
+    acts = g.forward({"x1": X1, "x2": X2})
+    np.testing.assert_allclose(acts[v1], np.exp(np.tanh(X1)), rtol=1e-14)
+    np.testing.assert_allclose(acts[v2], np.exp(np.tanh(X2)), rtol=1e-14)
+    grads = acts.backward(loss)
+    for x, X in ((x1, X1), (x2, X2)):
+        T = np.tanh(X)
+        np.testing.assert_allclose(grads[x], np.exp(T) * (1 - T ** 2), rtol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["indices", "one-hot"])
+def test_cross_entropy_shared_logits_several_label_sets(kind):
+    rng = np.random.default_rng(5)
+    Z = rng.standard_normal((4, 3))
+    idx = [np.array([0, 1, 2, 0]), np.array([2, 2, 1, 0])]
+    g = tg.Graph()
+    z = g.input("z", (4, 3))
+    if kind == "indices":
+        ys = [g.input(f"y{k}", (4,)) for k in range(2)]
+        feeds = {f"y{k}": idx[k].astype(np.float64) for k in range(2)}
+    else:
+        ys = [g.input(f"y{k}", (4, 3)) for k in range(2)]
+        feeds = {f"y{k}": np.eye(3)[idx[k]] for k in range(2)}
+    feeds["z"] = Z
+    loss = tg.cross_entropy(z, ys[0]) + tg.cross_entropy(z, ys[1])
+    acts = g.forward(feeds)
+    logp = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
+    P = np.exp(logp)
+    expected = -sum(logp[np.arange(4), i].sum() for i in idx)
+    np.testing.assert_allclose(acts[loss], expected, rtol=1e-13)
+    np.testing.assert_allclose(acts.backward(loss)[z], 2 * P - sum(np.eye(3)[i] for i in idx), rtol=1e-12)
+
+
+def test_repeated_subexpressions_at_different_depths():
+    g = tg.Graph()
+    x = g.input("x", (1,))
+    a0 = x + x
+    s1 = tg.log(x * x + 1.0)
+    s2 = tg.log(x * x + 1.0)
+    d1 = 2.0 / (a0 * a0 + 1.0) + x
+    d2 = 2.0 / (s2 * s2 + 1.0) + s1
+    loss = tg.sum(d1) + tg.sum(d2)
+    xv = 0.7
+    acts = g.forward({"x": np.array([xv])})
+    a, s = 2 * xv, np.log(xv * xv + 1)
+    np.testing.assert_allclose(acts[d1], [2 / (a * a + 1) + xv], rtol=1e-14)
+    np.testing.assert_allclose(acts[d2], [2 / (s * s + 1) + s], rtol=1e-14)
+    dd1 = -8 * a / (a * a + 1) ** 2 + 1
+    dd2 = (-4 * s / (s * s + 1) ** 2 + 1) * 2 * xv / (xv * xv + 1)
+    np.testing.assert_allclose(acts.backward(loss)[x], [dd1 + dd2], rtol=1e-13)
+
+
+def test_cross_entropy_several_logits_one_shared_one_hot_target():
+    rng = np.random.default_rng(6)
+    Z1, Z2 = rng.standard_normal((4, 3)), rng.standard_normal((4, 3))
+    idx = np.array([0, 1, 2, 0])
+    g = tg.Graph()
+    z1, z2 = g.input("z1", (4, 3)), g.input("z2", (4, 3))
+    y = g.input("y", (4, 3))
+    loss = tg.cross_entropy(z1, y) + tg.cross_entropy(z2, y)
+    acts = g.forward({"z1": Z1, "z2": Z2, "y": np.eye(3)[idx]})
+    grads = acts.backward(loss)
+    for z, Z in ((z1, Z1), (z2, Z2)):
+        P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(grads[z], P - np.eye(3)[idx], rtol=1e-12)
+    expected = sum(-np.log(np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True))[np.arange(4), idx].sum()
+                   for Z in (Z1, Z2))
+    np.testing.assert_allclose(acts[loss], expected, rtol=1e-13)

@@ -6,6 +6,8 @@
 * ``unbroadcast`` returns the input's shape and is the adjoint of broadcasting.
 """
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -14,7 +16,11 @@ from hypothesis import strategies as st
 import tinygraph as tg
 from tinygraph.ops import unbroadcast
 
-SETTINGS = settings(max_examples=30, deadline=None, database=None,
+# CI runs a fixed (derandomized) set of 30 examples per property, so the suite is stable; set
+# TINYGRAPH_STRESS_EXAMPLES=1000 to explore fresh random examples (that is how the xfailed
+# plan/batching bugs in test_engine were found).
+_STRESS = int(os.environ.get("TINYGRAPH_STRESS_EXAMPLES", "0") or 0)
+SETTINGS = settings(max_examples=_STRESS or 30, derandomize=not _STRESS, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 EPS = 1e-6
@@ -206,9 +212,8 @@ def test_random_graph_gradients_match_central_differences(prog):
         scale = max(np.max(np.abs(numeric), initial=0.0), 1.0)
         err = np.max(np.abs(analytic - numeric), initial=0.0) / scale
         assert err < 1e-6, (k, analytic, numeric)
-    # and the engine's own checker agrees (on the leaves the loss uses: see the xfail in test_ops_gradients)
-    used = [leaf for leaf in leaves if grads.reached(leaf)]
-    assert tg.check_gradients(g, loss, feeds, wrt=used) < 1e-5
+    # (tg.check_gradients is not used here: on a gradient that is exactly zero while the loss is
+    # not, its relative error is dominated by finite-difference round-off; see test_ops_gradients)
 
 
 @SETTINGS
@@ -259,7 +264,7 @@ def shape_op_chains(draw):
     base = draw(base_shapes(max_ndim=3, max_size=4).filter(lambda s: len(s) >= 1))
     none_axes = draw(st.lists(st.booleans(), min_size=len(base), max_size=len(base)))
     ops = draw(st.lists(st.tuples(st.sampled_from(["sum", "mean", "transpose", "reshape_flat", "reshape_split",
-                                                    "concat", "index_int", "index_none", "index_rev",
+                                                    "concat", "index_int", "index_none", "index_rev", "index_head",
                                                     "matmul", "softmax", "swap"]),
                                   st.integers(0, 99), st.booleans()), min_size=1, max_size=5))
     return base, none_axes, ops, draw(st.integers(0, 2**32 - 1))
@@ -304,6 +309,14 @@ def test_static_shape_of_shape_ops_matches_runtime(chain):
             cur = cur[idx]
         elif op == "index_none":
             cur = cur[(Ellipsis, None)] if flag else cur[None]
+        elif op == "index_head":
+            if nd == 0:
+                continue
+            # only on known axes here; bounded slices of None axes: see test_engine
+            if flag and cur.shape[0] is not None:
+                cur = cur[: 1 + k % 3]
+            elif not flag and cur.shape[-1] is not None:
+                cur = cur[..., -(1 + k % 2):]
         elif op == "index_rev":
             if nd == 0:
                 continue
@@ -311,8 +324,7 @@ def test_static_shape_of_shape_ops_matches_runtime(chain):
         elif op == "matmul":
             if nd == 0 or cur.shape[-1] is None:
                 continue
-            # (a 1-D @ 1-D product is left out: its static shape is wrong, see test_engine xfail)
-            W = g.param(f"W{len(g)}", np.ones((cur.shape[-1], 2) if flag or nd == 1 else (cur.shape[-1],)))
+            W = g.param(f"W{len(g)}", np.ones((cur.shape[-1], 2) if flag else (cur.shape[-1],)))
             cur = cur @ W
         elif op == "softmax":
             if nd == 0:
@@ -379,3 +391,66 @@ def test_broadcast_binary_gradient_shapes(base, data):
 
         numeric = _central(f, [av, bv], k)
         np.testing.assert_allclose(grads[node], numeric, rtol=1e-6, atol=1e-7)
+
+
+@st.composite
+def replicated_programs(draw):
+    """One random program applied to several leaf sets (some leaves shared by every copy),
+    so that the copies' nodes are identical and independent: what the engine batches."""
+    base, leaves, steps, seed = draw(programs())
+    copies = draw(st.integers(2, 4))
+    shared = draw(st.lists(st.booleans(), min_size=len(leaves), max_size=len(leaves)))
+    loss_kind = draw(st.sampled_from(["sum", "squared_error"]))
+    return base, leaves, steps, seed, copies, shared, loss_kind
+
+
+@SETTINGS
+@given(replicated_programs())
+def test_batched_runs_equal_node_by_node_runs(prog):
+    base, leaf_shapes, steps, seed, copies, shared, loss_kind = prog
+    rng = np.random.default_rng(seed)
+    g = tg.Graph("replicated")
+    feeds = {}
+    common = {}
+    terms = []
+    for c in range(copies):
+        leaves = []
+        for k, s in enumerate(leaf_shapes):
+            if shared[k]:
+                if k not in common:
+                    common[k] = g.input(f"shared{k}", s)
+                    feeds[f"shared{k}"] = rng.uniform(-1.5, 1.5, size=s)
+                leaves.append(common[k])
+            else:
+                leaves.append(g.input(f"c{c}_l{k}", s))
+                feeds[f"c{c}_l{k}"] = rng.uniform(-1.5, 1.5, size=s)
+        last = run_program(TG, leaves, steps)[-1]
+        if loss_kind == "sum":
+            terms.append(tg.sum(last * rng.standard_normal(last.shape)))
+        else:
+            terms.append(tg.squared_error(last, rng.standard_normal(last.shape)))
+    loss = terms[0]
+    for t in terms[1:]:
+        loss = loss + t
+    with np.errstate(all="ignore"):
+        acts_b = g.forward(feeds, batch=True)
+        acts_s = g.forward(feeds, batch=False)
+    assume(np.isfinite(acts_s[loss]) and abs(acts_s[loss]) < 1e6)
+    for n in g.nodes:
+        np.testing.assert_allclose(acts_b[n], acts_s[n], rtol=1e-12, atol=1e-12, err_msg=n.name)
+    gb, gs = acts_b.backward(loss), acts_s.backward(loss)
+    for n in g.nodes:
+        assert np.shape(gb[n]) == np.shape(acts_s[n]), n
+        np.testing.assert_allclose(gb[n], gs[n], rtol=1e-9, atol=1e-9 * max(1.0, abs(float(acts_s[loss]))),
+                                   err_msg=n.name)
+    # central differences of the node-by-node run
+    names = sorted(feeds)
+
+    def f(arrays):
+        return float(g.forward(dict(zip(names, arrays)), outputs=[loss], batch=False)[loss])
+
+    arrays = [np.asarray(feeds[k], dtype=np.float64) for k in names]
+    for k, name in enumerate(names):
+        numeric = _central(f, arrays, k)
+        scale = max(np.max(np.abs(numeric), initial=0.0), 1.0)
+        assert np.max(np.abs(gb[g[name]] - numeric), initial=0.0) / scale < 1e-6, name

@@ -180,7 +180,10 @@ def _batch_args(b, values, bstore):
             a = np.asarray(values[ref[0]])
             stacked = False
         elif kind == "batch":
-            a = bstore[ref][0]
+            if ref in bstore:
+                a = bstore[ref][0]
+            else:  # that batch ran member by member (its runtime shapes differed)
+                return None
             stacked = True
         else:
             a = _stack([values[j] for j in ref])
@@ -208,7 +211,10 @@ def _forward_batch(b, values, bstore):
     if args is None:
         return False
     fwd = b.op.batch[0] if b.kind == "dedicated" else b.op.forward
-    out = fwd(*args, **b.attrs)
+    try:
+        out = fwd(*args, **b.attrs)
+    except (ValueError, IndexError):
+        return False  # run member by member, which names the node that fails
     bstore[b.id] = (out, args)
     for k, m in enumerate(b.members):
         values[m] = out[k, ...]
@@ -313,7 +319,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
         if step[0] == BATCH:
             b = step[1]
             if b.id in bstore:
-                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes)
+                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, check_finite)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -369,7 +375,7 @@ def _backward_single(node, values, grads, accumulate, check_finite):
             accumulate(i.index, _ops.unbroadcast(gi, np.shape(values[i.index])))
 
 
-def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes):
+def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, check_finite=False):
     out, args = bstore[b.id]
     G = bgrads.pop(b.id, None)
     per = [grads[m] for m in b.members]
@@ -384,6 +390,10 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes):
                 G[k] += p
     for k, m in enumerate(b.members):
         grads[m] = G[k, ...]
+    if check_finite and _not_finite(G):
+        for m in b.members:
+            if _not_finite(grads[m]):
+                _nonfinite_grad(nodes[m])
     unbroadcast = _ops.unbroadcast
     for pos, (kind, ref) in enumerate(b.inputs):
         if b.kind == "dedicated":

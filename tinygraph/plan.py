@@ -140,6 +140,8 @@ def find_batches(graph, order):
             ok = False  # nothing varies across members: no member axis to batch over
         if b.kind == "matmul" and any(r < 2 for r in in_ranks):
             ok = False
+        if b.kind == "dedicated" and not op.batch[1] and any(k in ("shared", "tied") for k, _ in b.inputs):
+            ok = False  # operands that do not broadcast elementwise must all carry the member axis
         if ok:
             b.in_ranks = in_ranks
             b.rank = max(in_ranks) if in_ranks else 0
@@ -205,7 +207,7 @@ class Plan:
             units = schedule(graph, needed, batches) if batches else None
             if units is None:
                 batches = []
-        self.batches = batches
+        self.batches = {b.id: b for b in batches}
         tie_of = graph.constraints._tie_of
         self.tied = {}  # node index -> tie group, for params whose gradient accumulates in one buffer
         for n in self.order:
@@ -221,7 +223,7 @@ class Plan:
         self.sources = [(n.index, n) for n in self.order if n.op in ("param", "const")]
         for kind, ref in units:
             if kind == "b":
-                steps.append((BATCH, batches[ref]))
+                steps.append((BATCH, self.batches[ref]))
                 continue
             n = nodes[ref]
             if n.op in ("input", "param", "const"):

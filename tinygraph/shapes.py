@@ -129,7 +129,7 @@ def concat(shapes, axis):
     return tuple(out)
 
 
-_SENTINELS = (10007, 10009, 2)
+_SENTINELS = (10007, 10009, 2, 1, 0)
 
 
 def index(shape, idx):
@@ -146,7 +146,7 @@ def index(shape, idx):
         try:
             results.append(view[idx].shape)
         except IndexError as exc:
-            if k == len(_SENTINELS) - 1 and None in shape:
-                break  # an index that needs a bigger unknown axis; the large sentinels decide
+            if k >= 2 and None in shape:
+                continue  # an index that needs a bigger unknown axis; the large sentinels decide
             raise ShapeMismatch(f"index {idx!r} does not fit shape {fmt(shape)}: {exc}") from None
     return tuple(dims[0] if len(set(dims)) == 1 else None for dims in zip(*results))

@@ -1,0 +1,749 @@
+"""The unrolled feed-forward graph and backpropagation through time are the same computation.
+
+Two independent routes must agree on every random net we can build:
+
+* the unrolled tinygraph graph (``net.unroll(T).run``), whose tied weight copies give the
+  gradients through the engine's tie mechanism, and
+* ``rnn.bptt``, the time-domain loop that pushes and pops a stack of activities,
+
+to 1e-10 (relative), and both agree with central finite differences to 1e-6.  The random nets
+cover every activation, bias on/off, delays 0..2 (no zero-delay cycle), self connections,
+every kind of initial state, every input mode of the lecture (initial state of all units, of a
+subset, a subset of units at every step, mixes) and every target mode (final states, the last
+k steps, output units at every step, unit subsets, masks, cross-entropy on softmax groups).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import rnn
+from tinygraph.check import relative_error
+
+TOL_BPTT = 1e-10
+TOL_FD = 1e-6
+ACTIVATIONS = ("logistic", "tanh", "linear", "relu", "softmax")
+INITIALS = ("default", "zero", "float", "array", "learned")
+INPUT_MODES = ("none", "initial_all", "initial_subset", "every_step_subset", "mix")
+# BUG (see test_per_unit_initial_state_array): an initial-state array of more than one unit
+# crashes unroll and bptt; set to False once fixed so the random nets cover it again.
+ARRAY_INITIAL_BUG = True
+SOFTMAX_PARTIAL_CLAMP_BUG = True
+PLAN_FALLBACK_BUG = True
+SECOND_SELF = True
+TARGET_MODES = ("final", "last_list", "last_range", "last_tuple", "all", "some_steps")
+
+# A fixed (derandomized) set of examples per property keeps the suite stable, as in
+# test_properties.py; TINYGRAPH_STRESS_EXAMPLES=1000 explores fresh random examples.
+_STRESS = int(os.environ.get("TINYGRAPH_STRESS_EXAMPLES", "0") or 0)
+SETTINGS = dict(max_examples=_STRESS or 25, derandomize=not _STRESS, deadline=None, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+# ----------------------------------------------------------------------------- helpers
+def central_difference(loss_fn, arr, index, eps=1e-6):
+    """dloss/darr[index] by central differences, perturbing the array in place."""
+    old = arr[index]
+    arr[index] = old + eps
+    up = loss_fn()
+    arr[index] = old - eps
+    down = loss_fn()
+    arr[index] = old
+    return (up - down) / (2 * eps)
+
+
+def own_fd_check(net, T, inputs, targets, rng, entries=3, eps=1e-6):
+    """Our own central differences on a few entries of every weight, the loss computed by the
+    time-domain ``rnn.bptt`` (no graph), compared with the unrolled graph's tied gradients."""
+    out = net.unroll(T).run(inputs, targets)
+
+    def loss():
+        return rnn.bptt(net, T, inputs, targets).loss
+
+    worst = {}
+    for name, arr in net.weights.items():
+        flat_idx = rng.choice(arr.size, size=min(entries, arr.size), replace=False)
+        idx = [np.unravel_index(i, arr.shape) for i in flat_idx]
+        numeric = np.array([central_difference(loss, arr, i, eps) for i in idx])
+        analytic = np.array([out.weight_grads[name][i] for i in idx])
+        worst[name] = relative_error(analytic, numeric)
+    return worst
+
+
+def _subset(draw, size):
+    """A non-empty proper-or-full subset of range(size), sorted, as a list."""
+    k = draw(st.integers(1, size))
+    return sorted(draw(st.permutations(list(range(size))))[:k])
+
+
+# ----------------------------------------------------------------------------- random nets
+@st.composite
+def random_nets(draw, max_steps=4):
+    seed = draw(st.integers(0, 2 ** 31 - 1))
+    rng = np.random.default_rng(seed)
+    n_groups = draw(st.integers(2, 4))
+    net = rnn.RecurrentNet("random", seed=seed)
+    for i in range(n_groups):
+        size = draw(st.integers(1, 3))
+        act = draw(st.sampled_from(ACTIVATIONS))
+        bias = draw(st.booleans())
+        kind = draw(st.sampled_from(INITIALS))
+        if kind == "array" and size > 1 and ARRAY_INITIAL_BUG:
+            kind = "float"  # see test_per_unit_initial_state_array (xfail): arrays of >1 unit crash
+        initial = {"default": None, "zero": "zero", "float": float(rng.uniform(-0.8, 0.8)),
+                   "array": rng.uniform(-0.8, 0.8, size), "learned": "learned"}[kind]
+        net.add_group(f"g{i}", size, activation=act, bias=bias, initial=initial)
+        if bias:  # the biases start at zero: give them values so their gradients are not trivial
+            net.weights[f"bias:g{i}"][...] = rng.normal(0.0, 0.5, size)
+    names = list(net.groups)
+    for i, src in enumerate(names):
+        for j, dst in enumerate(names):
+            if not draw(st.booleans()):
+                continue
+            # delay 0 only "forward" in the group order: no zero-delay cycle, self connections delayed
+            delays = [0, 1, 2] if i < j else [1, 2]
+            delay = draw(st.sampled_from(delays))
+            s, d = net.groups[src].size, net.groups[dst].size
+            net.connect(src, dst, delay=delay, weight=rng.normal(0.0, 0.9 / np.sqrt(s), (s, d)))
+            if i == j and SECOND_SELF and draw(st.booleans()):  # a second self connection with the other delay
+                net.connect(src, dst, delay=3 - delay, weight=rng.normal(0.0, 0.5 / np.sqrt(s), (s, d)))
+    T = draw(st.integers(1, max_steps))
+    return net, T, rng
+
+
+@st.composite
+def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
+    net, T, rng = draw(random_nets(max_steps=max_steps))
+    B = draw(st.integers(1, 3))
+    names = list(net.groups)
+    mode = draw(st.sampled_from(input_modes))
+    inputs = []
+    clamped = {}  # (group, step) -> set of clamped units
+
+    def clamp(group, steps, units, T_steps):
+        size = net.groups[group].size
+        n = size if units is None else len(units)
+        values = rng.uniform(-1.0, 1.0, (len(T_steps), B, n))
+        inputs.append(rnn.Clamp(group, values, steps=steps, units=units))
+        for t in T_steps:
+            clamped.setdefault((group, t), set()).update(range(size) if units is None else units)
+
+    def step_units(g):
+        """Units to clamp at steps >= 1.  BUG (see test_softmax_group_partly_clamped): bptt is wrong
+        for a partly clamped softmax group, so softmax groups are clamped whole there."""
+        if net.groups[g].activation == "softmax" and SOFTMAX_PARTIAL_CLAMP_BUG:
+            return None
+        return _subset(draw, net.groups[g].size)
+
+    if mode == "initial_all":  # the feed-forward view: the initial state of every unit
+        for g in names:
+            clamp(g, [0], None, [0])
+    elif mode == "initial_subset":
+        for g in names:
+            if draw(st.booleans()):
+                clamp(g, [0], _subset(draw, net.groups[g].size), [0])
+    elif mode == "every_step_subset":  # sequential data: some units at every step
+        for g in draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True)):
+            clamp(g, "all", step_units(g), list(range(1, T + 1)))
+    elif mode == "mix":
+        for g in names:
+            choice = draw(st.sampled_from(["none", "initial", "initial_subset", "steps", "both"]))
+            size = net.groups[g].size
+            if choice in ("initial", "both"):
+                clamp(g, [0], None, [0])
+            if choice == "initial_subset":
+                clamp(g, [0], _subset(draw, size), [0])
+            if choice in ("steps", "both"):
+                steps = sorted(draw(st.lists(st.integers(1, T), min_size=1, max_size=T, unique=True)))
+                units = None if draw(st.booleans()) else step_units(g)
+                clamp(g, steps, units, steps)
+
+    full = {(c.group, t) for c in inputs if c.units is None
+            for t in (range(1, T + 1) if c.steps == "all" else c.steps)}
+    free_states = batch_free_states(net, T, clamped, full)
+    assume(not add_n_hazard(net, T, free_states, full))
+
+    targets = []
+    for g in names:
+        G = net.groups[g]
+        for _ in range(draw(st.integers(0, 2))):
+            tmode = draw(st.sampled_from(TARGET_MODES))
+            k = draw(st.integers(1, T))
+            spec, steps = {
+                "final": ("final", [T]),
+                "last_list": (list(range(T - k + 1, T + 1)), list(range(T - k + 1, T + 1))),
+                "last_range": (range(T - k + 1, T + 1), list(range(T - k + 1, T + 1))),
+                "last_tuple": (("last", k), list(range(T - k + 1, T + 1))),
+                "all": ("all", list(range(1, T + 1))),
+                "some_steps": (None, None),
+            }[tmode]
+            if tmode == "some_steps":
+                steps = sorted(draw(st.lists(st.integers(1, T), min_size=1, max_size=T, unique=True)))
+                spec = steps
+            busy = set().union(*[clamped.get((g, t), set()) for t in steps])
+            free = [u for u in range(G.size) if u not in busy]
+            if not free:
+                continue
+            whole = len(free) == G.size
+            # BUG (see test_cross_entropy_on_a_batch_free_group): no cross-entropy on batch-free logits
+            batched = not any(free_states[(g, t)] for t in steps)
+            if whole and batched and G.activation == "softmax" and draw(st.booleans()):
+                if draw(st.booleans()):
+                    values = rng.integers(0, G.size, (len(steps), B))          # class labels
+                else:
+                    values = np.eye(G.size)[rng.integers(0, G.size, (len(steps), B))]  # one-hot rows
+                targets.append(rnn.Target(g, values, steps=spec, loss="cross_entropy"))
+                continue
+            units = None if whole and draw(st.booleans()) else sorted(
+                draw(st.permutations(free))[:draw(st.integers(1, len(free)))])
+            n = G.size if units is None else len(units)
+            values = rng.uniform(0.0, 1.0, (len(steps), B, n))
+            mask = None
+            if draw(st.booleans()):
+                mask = rng.choice([0.0, 0.5, 1.0, 2.0], size=values.shape)
+            targets.append(rnn.Target(g, values, steps=spec, units=units, mask=mask))
+    assume(targets)
+    return net, T, inputs, targets, rng
+
+
+def batch_free_states(net, T, clamped, full):
+    """{(group, step): True when the unrolled state has no batch axis} -- constant initial states
+    and everything computed only from them (and biases) are shared by the whole batch."""
+    free = {}
+    for g in net.groups:
+        free[(g, 0)] = (g, 0) not in clamped
+    order = net.group_order()
+    for t in range(1, T + 1):
+        for g in order:
+            if (g, t) in clamped:
+                free[(g, t)] = False
+                continue
+            free[(g, t)] = all(free[(c.src, max(t - c.delay, 0))] for c in net.incoming(g))
+    return free
+
+
+def add_n_hazard(net, T, free, full):
+    """BUG (see test_add_n_broadcasts_a_later_term): tinygraph's add_n fails when its first two
+    terms are batch-free and a later one has the batch axis."""
+    for t in range(1, T + 1):
+        for g, G in net.groups.items():
+            if (g, t) in full:
+                continue
+            terms = [not free[(c.src, max(t - c.delay, 0))] for c in net.incoming(g)] + ([False] if G.bias else [])
+            if len(terms) >= 3 and not terms[0] and not terms[1] and any(terms[2:]):
+                return True
+    return False
+
+
+def plan_falls_back(graph):
+    """True when tinygraph's execution plan takes its fallback path (some batches dropped
+    because contracting them made a cycle).  BUG (see test_plan_fallback_keeps_batch_ids_valid):
+    that path indexes the shortened batch list with the old batch ids."""
+    from tinygraph import plan
+    needed = list(range(len(graph.nodes)))
+    batches = plan.find_batches(graph, needed)
+    return bool(batches) and plan.schedule(graph, needed, batches) is None
+
+
+def unrolled_run(net, T, inputs, targets, **kw):
+    """``net.unroll(T, ...).run(...)``, skipping (hypothesis ``assume``) only the examples that
+    reach tinygraph's known-broken plan fallback."""
+    reduce = kw.pop("reduce", "sum")
+    ff = net.unroll(T, reduce=reduce)
+    try:
+        out = ff.run(inputs, targets, **kw)
+    except IndexError:
+        if PLAN_FALLBACK_BUG and plan_falls_back(ff.graph):
+            assume(False)
+        raise
+    if PLAN_FALLBACK_BUG:
+        assume(not plan_falls_back(ff.graph))
+    return out
+
+
+def describe(net, T, inputs, targets):
+    return f"{net!r}\nT={T}\ninputs={inputs}\ntargets={targets}"
+
+
+# ----------------------------------------------------------------------------- the main property
+@settings(**SETTINGS)
+@given(nets_with_data())
+def test_random_nets_unrolled_equals_bptt_and_finite_differences(case):
+    net, T, inputs, targets, rng = case
+    info = describe(net, T, inputs, targets)
+
+    # our own comparison of the two routes
+    out = unrolled_run(net, T, inputs, targets)
+    ref = rnn.bptt(net, T, inputs, targets)
+    assert relative_error(out.loss, ref.loss) <= TOL_BPTT, info
+    for g in net.groups:
+        want = np.stack([ref.states[t][g] for t in range(T + 1)])
+        assert relative_error(out.states(g), want) <= TOL_BPTT, (g, info)
+        for t in range(T + 1):
+            got = np.asarray(out.grads[out.emitted.layers[t][g]])
+            want = ref.deltas[t][g]
+            if got.ndim == 1:  # a batch-free state (constant initial state, or no input at all):
+                want = want.sum(axis=0)  # shared by the batch, so its gradient sums over the batch
+            assert relative_error(got, want) <= TOL_BPTT, (g, t, info)
+    for name in net.weights:
+        assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT, (name, info)
+        # each copy's gradient is that step's contribution, and the copies add up to the tied gradient
+        per_step = out.step_grads(name)
+        assert sorted(per_step) == sorted(ref.step_grads[name]), (name, info)
+        for t, gr in per_step.items():
+            assert relative_error(gr, ref.step_grads[name][t]) <= TOL_BPTT, (name, t, info)
+        if per_step:
+            assert relative_error(sum(per_step.values()), out.weight_grads[name]) <= 1e-12, (name, info)
+
+    # the library's own check (autodiff vs bptt vs finite differences, and structure)
+    report = rnn.check_equivalence(net, T, inputs, targets)
+    assert report.passed, f"{report}\n{info}"
+    assert all(ok for ok, _ in report.structure.values()), f"{report}\n{info}"
+
+    # and a few central differences of our own, through the time-domain loop
+    for name, err in own_fd_check(net, T, inputs, targets, rng).items():
+        assert err <= TOL_FD, (name, err, info)
+
+
+@settings(**SETTINGS)
+@given(nets_with_data(input_modes=("initial_all",)))
+def test_initial_state_of_all_units_is_a_feed_forward_net(case):
+    """With every unit's initial state given, the net is a plain layered feed-forward net: no
+    initial-state parameter receives a gradient, and everything else still agrees."""
+    net, T, inputs, targets, rng = case
+    out = unrolled_run(net, T, inputs, targets)
+    for name in net.weights:
+        if name.startswith("init:"):
+            assert out.unrolled.copies(name) == []
+            assert np.all(out.weight_grads[name] == 0.0)
+    report = rnn.check_equivalence(net, T, inputs, targets)
+    assert report.passed, str(report)
+
+
+# ----------------------------------------------------------------------------- learned initial states
+def small_net(initial="learned", act="tanh", seed=3):
+    net = rnn.RecurrentNet("small", seed=seed)
+    net.add_group("x", 2, role="input")
+    net.add_group("h", 3, activation=act, initial=initial)
+    net.add_group("y", 2, activation="logistic", role="output")
+    net.connect("x", "h", delay=0)
+    net.connect("h", "h", delay=1)
+    net.connect("h", "y", delay=0)
+    rng = np.random.default_rng(seed)
+    net.weights["bias:h"][...] = rng.normal(0, 0.3, 3)
+    net.weights["bias:y"][...] = rng.normal(0, 0.3, 2)
+    return net
+
+
+def small_data(T, B=4, seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = [rnn.Clamp("x", rng.uniform(-1, 1, (T, B, 2)))]
+    targets = [rnn.Target("y", rng.uniform(0, 1, (T, B, 2)), steps="all")]
+    return inputs, targets
+
+
+@pytest.mark.parametrize("act", ["logistic", "tanh", "relu", "linear", "softmax"])
+def test_learned_initial_state_gets_the_finite_difference_gradient(act):
+    T = 5
+    net = small_net(act=act)
+    inputs, targets = small_data(T)
+    init = net.weights["init:h"]
+    out = net.unroll(T).run(inputs, targets)
+    grad = out.weight_grads["init:h"]
+    assert grad.shape == init.shape == (3,)
+    assert np.max(np.abs(grad)) > 1e-6  # the gradient reaches back all the way to t = 0
+
+    ff = net.unroll(T)
+    numeric_graph = np.array([central_difference(lambda: ff.run(inputs, targets, backward=False).loss, init, i)
+                              for i in range(3)])
+    numeric_loop = np.array([central_difference(lambda: rnn.bptt(net, T, inputs, targets).loss, init, i)
+                             for i in range(3)])
+    assert relative_error(grad, numeric_graph) <= TOL_FD
+    assert relative_error(grad, numeric_loop) <= TOL_FD
+    ref = rnn.bptt(net, T, inputs, targets)
+    assert relative_error(grad, ref.grads["init:h"]) <= TOL_BPTT
+    # dE/d(init) is dE/d(state at t=0) summed over the batch (the initial state is shared)
+    assert relative_error(grad, ref.deltas[0]["h"].sum(axis=0)) <= TOL_BPTT
+
+
+def test_learned_initial_state_partly_clamped():
+    """Clamping some units at t=0 overrides their learned initial value: their gradient is 0
+    (and so is the finite difference); the free units still get the right gradient."""
+    T, B = 4, 3
+    net = small_net()
+    inputs, targets = small_data(T, B)
+    inputs = inputs + [rnn.Clamp("h", np.full((1, B, 1), 0.3), steps=[0], units=[1])]
+    out = net.unroll(T).run(inputs, targets)
+    grad = out.weight_grads["init:h"]
+    init = net.weights["init:h"]
+    numeric = np.array([central_difference(lambda: rnn.bptt(net, T, inputs, targets).loss, init, i)
+                        for i in range(3)])
+    assert grad[1] == 0.0 and numeric[1] == 0.0
+    assert abs(grad[0]) > 1e-6 and abs(grad[2]) > 1e-6
+    assert relative_error(grad, numeric) <= TOL_FD
+    assert rnn.check_equivalence(net, T, inputs, targets).passed
+
+
+def test_learned_initial_state_fully_clamped_gets_no_gradient():
+    T, B = 3, 2
+    net = small_net()
+    inputs, targets = small_data(T, B)
+    inputs = inputs + [rnn.Clamp("h", np.full((1, B, 3), 0.3), steps=[0])]
+    out = net.unroll(T).run(inputs, targets)
+    assert np.all(out.weight_grads["init:h"] == 0.0)
+    assert rnn.check_equivalence(net, T, inputs, targets).passed
+
+
+def test_training_the_learned_initial_state_lowers_the_loss():
+    """Following the initial-state gradient downhill (a plain SGD step on init:h only)."""
+    T = 4
+    net = small_net()
+    inputs, targets = small_data(T)
+    ff = net.unroll(T)
+    before = ff.run(inputs, targets)
+    net.weights["init:h"] -= 0.05 * before.weight_grads["init:h"]  # in place: the same storage
+    after = ff.run(inputs, targets, backward=False)
+    assert after.loss < before.loss
+
+
+# ----------------------------------------------------------------------------- truncated BPTT
+@settings(**SETTINGS)
+@given(nets_with_data(max_steps=5), st.data())
+def test_truncated_run_equals_truncated_bptt(case, data):
+    net, T, inputs, targets, rng = case
+    k = data.draw(st.integers(1, T))
+    out = unrolled_run(net, T, inputs, targets, truncate=k)
+    ref = rnn.bptt(net, T, inputs, targets, truncate=k)
+    for name in net.weights:
+        assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT, (name, k)
+    report = rnn.check_equivalence(net, T, inputs, targets, truncate=k)
+    assert report.passed, str(report)
+    if k == T:  # truncating at T is no truncation at all
+        full = unrolled_run(net, T, inputs, targets)
+        for name in net.weights:
+            assert np.array_equal(out.weight_grads[name], full.weight_grads[name])
+
+
+def recurrent_chain(T, seed=0):
+    net = small_net(act="tanh", initial=0.5, seed=seed)  # h@t0 != 0: h->h at step 1 matters
+    inputs, targets = small_data(T, seed=seed)
+    targets = [rnn.Target("y", targets[0].values[-1:], steps="final")]
+    return net, inputs, targets
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_truncation_changes_the_gradient_when_k_below_T(k):
+    T = 6
+    net, inputs, targets = recurrent_chain(T)
+    full = net.unroll(T).run(inputs, targets)
+    cut = net.unroll(T).run(inputs, targets, truncate=k)
+    ref = rnn.bptt(net, T, inputs, targets, truncate=k)
+    assert relative_error(cut.weight_grads["h->h"], ref.grads["h->h"]) <= TOL_BPTT
+    assert relative_error(cut.weight_grads["h->h"], full.weight_grads["h->h"]) > 1e-6
+    assert relative_error(cut.weight_grads["x->h"], full.weight_grads["x->h"]) > 1e-6
+    # the loss itself is the same: truncation only changes the backward pass
+    assert cut.loss == full.loss
+    # weights after the cut only (h->y at the final step) are unaffected
+    assert relative_error(cut.weight_grads["h->y"], full.weight_grads["h->y"]) <= 1e-12
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_truncated_gradient_is_the_gradient_of_the_last_k_steps_from_a_frozen_state(k):
+    """An independent statement of truncated BPTT: with the target at the final step only, the
+    truncated gradient equals the full gradient of a k-step run started from the (frozen) state
+    the net had at step T - k."""
+    T = 6
+    net, inputs, targets = recurrent_chain(T)
+    X = inputs[0].values
+    cut = net.unroll(T).run(inputs, targets, truncate=k)
+    h_at_cut = cut.states("h")[T - k]
+    short_inputs = [rnn.Clamp("x", X[T - k:]), rnn.Clamp("h", h_at_cut[None], steps=[0])]
+    short = net.unroll(k).run(short_inputs, targets)
+    assert relative_error(short.loss, cut.loss) <= 1e-12
+    for name in ("x->h", "h->h", "h->y", "bias:h", "bias:y"):
+        assert relative_error(cut.weight_grads[name], short.weight_grads[name]) <= 1e-10, name
+
+
+# ----------------------------------------------------------------------------- reduce="mean"
+@settings(**SETTINGS)
+@given(nets_with_data())
+def test_reduce_mean_is_the_mean_of_the_per_step_contributions(case):
+    net, T, inputs, targets, rng = case
+    out_sum = unrolled_run(net, T, inputs, targets)
+    out_mean = unrolled_run(net, T, inputs, targets, reduce="mean")
+    ref = rnn.bptt(net, T, inputs, targets, reduce="mean")
+    for name in net.weights:
+        per_step = out_mean.step_grads(name)
+        if not per_step:
+            assert np.all(out_mean.weight_grads[name] == 0.0)
+            continue
+        mean = sum(per_step.values()) / len(per_step)
+        assert relative_error(out_mean.weight_grads[name], mean) <= 1e-12, name
+        assert relative_error(out_mean.weight_grads[name], out_sum.weight_grads[name] / len(per_step)) <= 1e-12
+        assert relative_error(out_mean.weight_grads[name], ref.grads[name]) <= TOL_BPTT, name
+    assert rnn.check_equivalence(net, T, inputs, targets, reduce="mean").passed
+
+
+def test_reduce_mean_by_hand():
+    T = 5
+    net = small_net()
+    inputs, targets = small_data(T)
+    out = net.unroll(T, reduce="mean").run(inputs, targets)
+    steps = out.unrolled.copy_steps("h->h")
+    assert steps == [1, 2, 3, 4, 5]
+    contributions = [out.step_grads("h->h")[t] for t in steps]
+    assert np.allclose(out.weight_grads["h->h"], np.mean(contributions, axis=0), rtol=1e-12, atol=0)
+
+
+# ----------------------------------------------------------------------------- unit-level == group-level
+GROUPS = {"x": (2, "linear", "input"), "h": (3, None, "hidden"), "y": (2, None, "output")}
+CONNECTIONS = [("x", "h", 0), ("h", "h", 1), ("h", "y", 0), ("y", "h", 2)]
+
+
+def group_level_net(act, seed=7):
+    rng = np.random.default_rng(seed)
+    net = rnn.RecurrentNet("groups", seed=seed)
+    net.add_group("x", 2, role="input")
+    net.add_group("h", 3, activation=act, initial="learned")
+    net.add_group("y", 2, activation=act, role="output", initial=0.4)
+    for src, dst, delay in CONNECTIONS:
+        net.connect(src, dst, delay=delay)
+    net.weights["bias:h"][...] = rng.normal(0, 0.3, 3)
+    net.weights["bias:y"][...] = rng.normal(0, 0.3, 2)
+    return net
+
+
+def unit_level_net(gnet):
+    """One single-unit group per unit, connected unit by unit, as in the lecture's picture,
+    with the group-level net's weights copied entry by entry."""
+    net = rnn.RecurrentNet("units")
+    for g, G in gnet.groups.items():
+        for i in range(G.size):
+            if isinstance(G.initial, str):  # "learned"
+                initial = G.initial
+            elif isinstance(G.initial, np.ndarray):
+                initial = float(G.initial[i])
+            else:
+                initial = G.initial
+            net.add_group(f"{g}{i}", 1, activation=G.activation, role=G.role, bias=G.bias, initial=initial)
+            if G.bias:
+                net.weights[f"bias:{g}{i}"][0] = gnet.weights[f"bias:{g}"][i]
+            if isinstance(G.initial, str):
+                net.weights[f"init:{g}{i}"][0] = gnet.weights[f"init:{g}"][i]
+    for c in gnet.connections.values():
+        W = gnet.weights[c.name]
+        for i in range(gnet.groups[c.src].size):
+            for j in range(gnet.groups[c.dst].size):
+                net.connect(f"{c.src}{i}", f"{c.dst}{j}", delay=c.delay, weight=[[W[i, j]]])
+    return net
+
+
+@pytest.mark.parametrize("act", ["logistic", "tanh", "linear", "relu"])
+def test_unit_level_net_equals_group_level_net(act):
+    T, B = 5, 3
+    rng = np.random.default_rng(11)
+    X = rng.uniform(-1, 1, (T, B, 2))
+    Y = rng.uniform(0, 1, (T, B, 2))
+    H0 = rng.uniform(0, 1, (1, B, 1))
+    gnet = group_level_net(act)
+    unet = unit_level_net(gnet)
+    g_in = [rnn.Clamp("x", X), rnn.Clamp("h", H0, steps=[0], units=[2])]
+    g_tg = [rnn.Target("y", Y, steps="all"), rnn.Target("h", Y[-2:, :, :1], steps=("last", 2), units=[1])]
+    u_in = [rnn.Clamp("x0", X[..., [0]]), rnn.Clamp("x1", X[..., [1]]), rnn.Clamp("h2", H0, steps=[0])]
+    u_tg = [rnn.Target("y0", Y[..., [0]]), rnn.Target("y1", Y[..., [1]]),
+            rnn.Target("h1", Y[-2:, :, :1], steps=("last", 2))]
+    g_out = gnet.unroll(T).run(g_in, g_tg)
+    u_out = unet.unroll(T).run(u_in, u_tg)
+
+    # equal up to the order of floating-point sums (a matmul vs a sum of one-unit terms)
+    assert u_out.loss == pytest.approx(g_out.loss, rel=1e-12)
+    for g, G in gnet.groups.items():
+        unit_states = np.concatenate([u_out.states(f"{g}{i}") for i in range(G.size)], axis=-1)
+        assert relative_error(unit_states, g_out.states(g)) <= 1e-12, g
+        unit_deltas = np.concatenate([u_out.deltas(f"{g}{i}")[1:] for i in range(G.size)], axis=-1)
+        assert relative_error(unit_deltas, g_out.deltas(g)[1:]) <= 1e-12, g
+    for c in gnet.connections.values():
+        W = g_out.weight_grads[c.name]
+        unit_W = np.array([[u_out.weight_grads[f"{c.src}{i}->{c.dst}{j}"][0, 0] for j in range(W.shape[1])]
+                           for i in range(W.shape[0])])
+        assert relative_error(unit_W, W) <= 1e-12, c.name
+    for g, G in gnet.groups.items():
+        for kind in ("bias", "init"):
+            name = f"{kind}:{g}"
+            if name in gnet.weights:
+                unit = np.array([u_out.weight_grads[f"{kind}:{g}{i}"][0] for i in range(G.size)])
+                assert relative_error(unit, g_out.weight_grads[name]) <= 1e-12, name
+    assert rnn.check_equivalence(unet, T, u_in, u_tg).passed
+
+
+# ----------------------------------------------------------------------------- bugs found
+@pytest.mark.xfail(strict=True, raises=ValueError,
+                   reason="BUG: Group.initial == 'learned' compared with an array: per-unit initial-state arrays "
+                          "of more than one unit crash unroll (unroll.py:70) and bptt (bptt.py:108, 181)")
+def test_per_unit_initial_state_array():
+    T, B = 3, 2
+    net = small_net(initial=np.array([0.1, -0.2, 0.3]))
+    inputs, targets = small_data(T, B)
+    out = net.unroll(T).run(inputs, targets)
+    assert np.array_equal(out.states("h")[0], np.tile([0.1, -0.2, 0.3], (B, 1)))
+    assert rnn.check_equivalence(net, T, inputs, targets).passed
+
+@pytest.mark.xfail(strict=True, reason="BUG: RunResult.deltas(g)[0] repeats the batch-summed gradient of a "
+                                       "batch-free initial state in every row instead of per-example dE/dstate")
+def test_deltas_at_step_zero_are_per_example():
+    T, B = 3, 3
+    net = small_net(initial=None)
+    inputs, targets = small_data(T, B)
+    out = net.unroll(T).run(inputs, targets)
+    ref = rnn.bptt(net, T, inputs, targets)
+    want = np.stack([ref.deltas[t]["h"] for t in range(T + 1)])
+    assert relative_error(out.deltas("h"), want) <= TOL_BPTT
+
+
+# ----------------------------------------------------------------------------- several targets add up
+def test_several_targets_add_their_derivatives():
+    T = 4
+    net = small_net()
+    inputs, _ = small_data(T)
+    rng = np.random.default_rng(5)
+    t1 = rnn.Target("y", rng.uniform(0, 1, (T, 4, 2)), steps="all")
+    t2 = rnn.Target("h", rng.uniform(-1, 1, (2, 4, 3)), steps=("last", 2))
+    t3 = rnn.Target("y", rng.uniform(0, 1, (1, 4, 1)), steps="final", units=[1])
+    ff = net.unroll(T)
+    both = ff.run(inputs, [t1, t2, t3])
+    parts = [ff.run(inputs, [t]) for t in (t1, t2, t3)]
+    assert both.loss == pytest.approx(sum(p.loss for p in parts), rel=1e-12)
+    for name in net.weights:
+        assert relative_error(both.weight_grads[name], sum(p.weight_grads[name] for p in parts)) <= 1e-12
+
+
+def test_mask_weights_the_squared_error():
+    T = 3
+    net = small_net()
+    inputs, targets = small_data(T)
+    Y = targets[0].values
+    mask = np.zeros_like(Y)
+    mask[:, :, 0] = 1.0  # only unit 0 counts
+    ff = net.unroll(T)
+    masked = ff.run(inputs, [rnn.Target("y", Y, mask=mask)])
+    subset = ff.run(inputs, [rnn.Target("y", Y[..., :1], units=[0])])
+    assert masked.loss == pytest.approx(subset.loss, rel=1e-12)
+    for name in net.weights:
+        assert relative_error(masked.weight_grads[name], subset.weight_grads[name]) <= 1e-12
+
+
+def test_cross_entropy_matches_bptt_and_finite_differences():
+    T, B = 4, 5
+    net = rnn.RecurrentNet("ce", seed=2)
+    net.add_group("x", 3, role="input")
+    net.add_group("h", 4, activation="tanh")
+    net.add_group("y", 3, activation="softmax", role="output")
+    net.connect("x", "h", delay=0)
+    net.connect("h", "h", delay=1)
+    net.connect("h", "y", delay=0)
+    rng = np.random.default_rng(0)
+    inputs = [rnn.Clamp("x", rng.uniform(-1, 1, (T, B, 3)))]
+    labels = rng.integers(0, 3, (T, B))
+    for tgt in (rnn.Target("y", labels, loss="cross_entropy"),
+                rnn.Target("y", np.eye(3)[labels], loss="cross_entropy")):
+        out = net.unroll(T).run(inputs, [tgt])
+        ref = rnn.bptt(net, T, inputs, [tgt])
+        probs = out.states("y")[1:]
+        nll = -np.sum(np.log(np.take_along_axis(probs, labels[..., None], axis=-1)))
+        assert out.loss == pytest.approx(nll, rel=1e-12)
+        for name in net.weights:
+            assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
+        assert rnn.check_equivalence(net, T, inputs, [tgt]).passed
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: bptt zeroes dE/d(total input) of clamped units after the activation's "
+                                       "backward; for a partly clamped softmax group the clamped units' dE/dstate "
+                                       "leaks into the free units through the softmax Jacobian (rnn/bptt.py)")
+def test_softmax_group_partly_clamped():
+    """The unrolled graph is the exact derivative of the forward pass (finite differences agree);
+    the time-domain reference must be too."""
+    T, B = 4, 2
+    net = rnn.RecurrentNet("softclamp", seed=4)
+    net.add_group("x", 2, role="input")
+    net.add_group("s", 3, activation="softmax")
+    net.connect("x", "s", delay=0)
+    net.connect("s", "s", delay=1)
+    rng = np.random.default_rng(4)
+    inputs = [rnn.Clamp("x", rng.uniform(-1, 1, (T, B, 2))), rnn.Clamp("s", rng.uniform(0, 1, (T, B, 1)), units=[0])]
+    targets = [rnn.Target("s", rng.uniform(0, 1, (1, B, 2)), steps="final", units=[1, 2])]
+    out = net.unroll(T).run(inputs, targets)
+    W = net.weights["s->s"]
+    numeric = np.array([[central_difference(lambda: rnn.bptt(net, T, inputs, targets).loss, W, (i, j))
+                         for j in range(3)] for i in range(3)])
+    assert relative_error(out.weight_grads["s->s"], numeric) <= TOL_FD  # the graph is right
+    ref = rnn.bptt(net, T, inputs, targets)
+    assert relative_error(ref.grads["s->s"], numeric) <= TOL_FD      # the reference is not
+
+
+def softmax_prior_net():
+    """A softmax group fed by nothing but its bias: its states are shared by the whole batch."""
+    net = rnn.RecurrentNet("prior", seed=0)
+    net.add_group("x", 1, role="input")
+    net.add_group("s", 2, activation="softmax")
+    net.weights["bias:s"][...] = [0.3, -0.4]
+    return net
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: cross-entropy on a batch-free softmax group (no batch input "
+                                       "reaches it) fails: one-hot labels are refused at build time, class labels "
+                                       "fail for T>1 (non-scalar loss / broadcasting error in the batched plan)")
+@pytest.mark.parametrize("T,kind", [(1, "onehot"), (2, "labels"), (3, "labels"), (3, "onehot")])
+def test_cross_entropy_on_a_batch_free_group(T, kind):
+    B = 2
+    net = softmax_prior_net()
+    labels = np.tile([[0, 1]], (T, 1))
+    values = labels if kind == "labels" else np.eye(2)[labels]
+    inputs = [rnn.Clamp("x", np.zeros((T, B, 1)))]
+    targets = [rnn.Target("s", values, loss="cross_entropy")]
+    out = net.unroll(T).run(inputs, targets)
+    ref = rnn.bptt(net, T, inputs, targets)
+    assert relative_error(out.loss, ref.loss) <= TOL_BPTT
+    assert relative_error(out.weight_grads["bias:s"], ref.grads["bias:s"]) <= TOL_BPTT
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: tinygraph add_n adds its third and later terms in place into the "
+                                       "sum of the first two, which fails when a later term broadcasts to a bigger "
+                                       "shape (tinygraph/ops.py _add_n)")
+def test_add_n_broadcasts_a_later_term():
+    """A group whose first two incoming terms are batch-free (its own constant past) and whose
+    third has the batch axis."""
+    T, B = 3, 2
+    net = rnn.RecurrentNet("addn", seed=0)
+    net.add_group("x", 1, role="input")
+    net.add_group("b", 2, activation="tanh", bias=False)
+    net.connect("b", "b", delay=1)
+    net.connect("b", "b", delay=2)
+    net.connect("x", "b", delay=0)
+    rng = np.random.default_rng(0)
+    inputs = [rnn.Clamp("x", rng.uniform(-1, 1, (T, B, 1)))]
+    targets = [rnn.Target("b", rng.uniform(-1, 1, (T, B, 2)))]
+    out = net.unroll(T).run(inputs, targets)
+    ref = rnn.bptt(net, T, inputs, targets)
+    for name in net.weights:
+        assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
+
+
+@pytest.mark.xfail(strict=True, reason="BUG: when tinygraph's plan drops the reverse-level batches (contracting "
+                                       "them made a cycle) it keeps indexing the shortened batch list with the old "
+                                       "batch ids: IndexError, or the wrong batch (tinygraph/plan.py Plan.__init__)")
+def test_plan_fallback_keeps_batch_ids_valid():
+    T = 3
+    net = rnn.RecurrentNet("plan", seed=0)
+    net.add_group("a", 1, activation="tanh")
+    net.add_group("b", 1, activation="tanh")
+    net.connect("a", "a", delay=1)
+    net.connect("a", "a", delay=2)
+    net.connect("a", "b", delay=0)
+    targets = [rnn.Target("b", np.full((1, 1, 1), 0.3), steps="final")]
+    out = net.unroll(T).run([], targets)
+    ref = rnn.bptt(net, T, [], targets)
+    for name in net.weights:
+        assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
