@@ -105,7 +105,7 @@ def bptt(net, steps, inputs=(), targets=(), truncate=None, reduce="sum"):
     layer0 = {}
     for grp in order:
         G = net.groups[grp]
-        base = W[f"init:{grp}"] if G.initial == "learned" else initial_state(G)
+        base = W[f"init:{grp}"] if G.learned else initial_state(G)
         layer0[grp] = apply_clamps(grp, 0, np.broadcast_to(base, (B, G.size)).copy())
     stack.append((layer0, {}))
     for t in range(1, T + 1):
@@ -178,7 +178,7 @@ def bptt(net, steps, inputs=(), targets=(), truncate=None, reduce="sum"):
                 dS[ts][c.src] += dA @ W[c.name].T
         t -= 1
     for grp in order:
-        if net.groups[grp].initial == "learned" and fully_clamped(grp, 0) is None:
+        if net.groups[grp].learned and fully_clamped(grp, 0) is None:
             d0 = dS[0][grp].copy()
             d0[:, clamped_units(grp, 0)] = 0.0
             step_grads[f"init:{grp}"][0] = d0.sum(axis=0)

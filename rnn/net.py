@@ -31,6 +31,11 @@ class Group:
     bias: bool = True
     initial: object = None  # None (default), "zero", float, array, or "learned"
 
+    @property
+    def learned(self):
+        """True when the initial state is a trained parameter (``init:<name>`` in net.weights)."""
+        return isinstance(self.initial, str) and self.initial == "learned"
+
     def default_initial(self):
         """The fixed initial state when none was given: 0.5 for logistic units (the lecture's), else 0."""
         return 0.5 if self.activation == "logistic" else 0.0

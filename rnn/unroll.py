@@ -25,7 +25,7 @@ _ACT = {"logistic": tg.logistic, "tanh": tg.tanh, "relu": tg.relu, "linear": tg.
 class Emitted:
     """One emitted graph with the bookkeeping that maps it back to the net."""
 
-    def __init__(self, net, T, reduce, clamps, targets, truncate):
+    def __init__(self, net, T, reduce, clamps, targets, truncate, batched=False):
         self.net = net
         self.T = T
         self.truncate = truncate
@@ -57,7 +57,9 @@ class Emitted:
                 state = tg.clamp(state, inp, units, name=f"{grp}@t{t}" if last else f"clamped{k}[{grp}]@t{t}")
             return state
 
-        # layer 0: the initial states (a learned one is a parameter)
+        # layer 0: the initial states (a learned one is a parameter), repeated over the
+        # batch when the run has one, so that every example has its own dE/dstate at t = 0
+        self.batch_node = g.input("batch", (None, 0)) if batched else None
         for grp in order:
             G = net.groups[grp]
             full = full_clamp(grp, 0)
@@ -66,13 +68,17 @@ class Emitted:
                 self.feeds.append((node, "clamp", full[0], full[1]))
             else:
                 partial = bool(clamp_at.get((grp, 0)))
-                base_name = f"init[{grp}]@t0" if partial else f"{grp}@t0"
-                if G.initial == "learned":
+                final = partial or batched
+                base_name = f"init[{grp}]@t0" if final else f"{grp}@t0"
+                if G.learned:
                     base = g.param(base_name, net.weights[f"init:{grp}"])
                     self.copies[f"init:{grp}"].append(base)
                     self.copy_steps[f"init:{grp}"].append(0)
                 else:
                     base = g.const(initial_state(G), name=base_name)
+                if batched:
+                    base = tg.broadcast_like(base, self.batch_node,
+                                             name=f"rows[{grp}]@t0" if partial else f"{grp}@t0")
                 node = apply_clamps(grp, 0, base) if partial else base
             self.layers[0][grp] = node
 
@@ -141,8 +147,10 @@ class Emitted:
                     losses.append(tg.weighted_squared_error(sel, tgt, m, name=f"loss[{tag}]"))
         self.loss = tg.add_n(losses, name="loss") if losses else None
 
-    def feed_dict(self, clamps, targets):
+    def feed_dict(self, clamps, targets, batch):
         feeds = {}
+        if self.batch_node is not None:
+            feeds[self.batch_node] = np.empty((batch, 0))
         for node, kind, r, pos in self.feeds:
             if kind == "clamp":
                 feeds[node] = clamps[r][3][pos]
@@ -243,7 +251,8 @@ class Unrolled:
         if em is None or not em.storage_current():
             if len(self._cache) >= 8:
                 self._cache.pop(next(iter(self._cache)))
-            em = self._cache[key] = Emitted(self.net, self.T, self.reduce, clamps, targets, truncate)
+            em = self._cache[key] = Emitted(self.net, self.T, self.reduce, clamps, targets, truncate,
+                                            batched=bool(clamps or targets))
         return em
 
     @property
@@ -301,13 +310,13 @@ class Unrolled:
         ------
         DataError for clamps or targets that do not fit the net or T; NonFiniteError.
         """
-        clamps, tgts, _ = resolve_all(self.net, self.T, inputs, targets)
+        clamps, tgts, batch = resolve_all(self.net, self.T, inputs, targets)
         if truncate is not None:
             if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or not 1 <= truncate <= self.T:
                 raise DataError(f"truncate must be an int in 1..T={self.T}, got {truncate!r}")
             truncate = None if truncate == self.T else int(truncate)
         em = self._current = self._emit(clamps, tgts, truncate)
-        acts = em.graph.forward(em.feed_dict(clamps, tgts), check_finite=check_finite)
+        acts = em.graph.forward(em.feed_dict(clamps, tgts, batch), check_finite=check_finite)
         grads = (acts.backward(em.loss, check_finite=check_finite)
                  if em.loss is not None and backward else None)
         return RunResult(self, em, acts, grads)

@@ -11,7 +11,7 @@ from .autodiff import Activations, Gradients
 from .ops import (add, concat, cross_entropy, div, exp, getitem, log, log_softmax, logistic, matmul, mean, mul,
                   neg, pow, relu, reshape, sigmoid, softmax, squared_error, stop_gradient, sub, sum, tanh,
                   transpose, clamp, defop, add_n, identity,
-                  weighted_squared_error)
+                  weighted_squared_error, broadcast_like)
 from .check import check_gradients, GradientCheck
 
 __version__ = "0.1.0"

@@ -513,6 +513,24 @@ def cross_entropy(logits, labels, *, name=None):
     return apply("cross_entropy", (logits, labels), name=name)
 
 
+# ----------------------------------------------------------------- batch broadcasting (used by rnn)
+
+def _like_shape(x, like):
+    if len(like) < 1:
+        raise S.ShapeMismatch(f"broadcast_like needs a reference of rank >= 1, got {S.fmt(like)}")
+    return tuple(like[:-1]) + tuple(x[-1:])
+
+
+defop("broadcast_like", lambda x, like: np.broadcast_to(x, like.shape[:-1] + x.shape[-1:]),
+      (lambda g, out, x, like: g, lambda g, out, x, like: None), _like_shape)
+
+
+def broadcast_like(x, like, *, name=None):
+    """``x`` (a row of units) repeated over the leading axes of ``like`` (e.g. its batch):
+    the gradient of x is the sum over those rows, while each row keeps its own."""
+    return apply("broadcast_like", (x, like), name=name)
+
+
 # ----------------------------------------------------------------- unit clamping (used by rnn)
 
 def _clamp_forward(computed, value, *, units):
