@@ -28,12 +28,7 @@ TOL_FD = 1e-6
 ACTIVATIONS = ("logistic", "tanh", "linear", "relu", "softmax")
 INITIALS = ("default", "zero", "float", "array", "learned")
 INPUT_MODES = ("none", "initial_all", "initial_subset", "every_step_subset", "mix")
-# BUG (see test_per_unit_initial_state_array): an initial-state array of more than one unit
-# crashes unroll and bptt; set to False once fixed so the random nets cover it again.
-ARRAY_INITIAL_BUG = True
 SOFTMAX_PARTIAL_CLAMP_BUG = True
-PLAN_FALLBACK_BUG = True
-SECOND_SELF = True
 TARGET_MODES = ("final", "last_list", "last_range", "last_tuple", "all", "some_steps")
 
 # A fixed (derandomized) set of examples per property keeps the suite stable, as in
@@ -91,8 +86,6 @@ def random_nets(draw, max_steps=4):
         act = draw(st.sampled_from(ACTIVATIONS))
         bias = draw(st.booleans())
         kind = draw(st.sampled_from(INITIALS))
-        if kind == "array" and size > 1 and ARRAY_INITIAL_BUG:
-            kind = "float"  # see test_per_unit_initial_state_array (xfail): arrays of >1 unit crash
         initial = {"default": None, "zero": "zero", "float": float(rng.uniform(-0.8, 0.8)),
                    "array": rng.uniform(-0.8, 0.8, size), "learned": "learned"}[kind]
         net.add_group(f"g{i}", size, activation=act, bias=bias, initial=initial)
@@ -108,7 +101,7 @@ def random_nets(draw, max_steps=4):
             delay = draw(st.sampled_from(delays))
             s, d = net.groups[src].size, net.groups[dst].size
             net.connect(src, dst, delay=delay, weight=rng.normal(0.0, 0.9 / np.sqrt(s), (s, d)))
-            if i == j and SECOND_SELF and draw(st.booleans()):  # a second self connection with the other delay
+            if i == j and draw(st.booleans()):  # a second self connection with the other delay
                 net.connect(src, dst, delay=3 - delay, weight=rng.normal(0.0, 0.5 / np.sqrt(s), (s, d)))
     T = draw(st.integers(1, max_steps))
     return net, T, rng
@@ -210,11 +203,9 @@ def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
 
 
 def batch_free_states(net, T, clamped, full):
-    """{(group, step): True when the unrolled state has no batch axis} -- constant initial states
-    and everything computed only from them (and biases) are shared by the whole batch."""
-    free = {}
-    for g in net.groups:
-        free[(g, 0)] = (g, 0) not in clamped
+    """{(group, step): True when the unrolled state has no batch axis}: a group no connection
+    reaches computes only its bias, one value shared by the whole batch."""
+    free = {(g, 0): False for g in net.groups}  # layer 0 is repeated over the batch
     order = net.group_order()
     for t in range(1, T + 1):
         for g in order:
@@ -238,32 +229,6 @@ def add_n_hazard(net, T, free, full):
     return False
 
 
-def plan_falls_back(graph):
-    """True when tinygraph's execution plan takes its fallback path (some batches dropped
-    because contracting them made a cycle).  BUG (see test_plan_fallback_keeps_batch_ids_valid):
-    that path indexes the shortened batch list with the old batch ids."""
-    from tinygraph import plan
-    needed = list(range(len(graph.nodes)))
-    batches = plan.find_batches(graph, needed)
-    return bool(batches) and plan.schedule(graph, needed, batches) is None
-
-
-def unrolled_run(net, T, inputs, targets, **kw):
-    """``net.unroll(T, ...).run(...)``, skipping (hypothesis ``assume``) only the examples that
-    reach tinygraph's known-broken plan fallback."""
-    reduce = kw.pop("reduce", "sum")
-    ff = net.unroll(T, reduce=reduce)
-    try:
-        out = ff.run(inputs, targets, **kw)
-    except IndexError:
-        if PLAN_FALLBACK_BUG and plan_falls_back(ff.graph):
-            assume(False)
-        raise
-    if PLAN_FALLBACK_BUG:
-        assume(not plan_falls_back(ff.graph))
-    return out
-
-
 def describe(net, T, inputs, targets):
     return f"{net!r}\nT={T}\ninputs={inputs}\ntargets={targets}"
 
@@ -276,7 +241,7 @@ def test_random_nets_unrolled_equals_bptt_and_finite_differences(case):
     info = describe(net, T, inputs, targets)
 
     # our own comparison of the two routes
-    out = unrolled_run(net, T, inputs, targets)
+    out = net.unroll(T).run(inputs, targets)
     ref = rnn.bptt(net, T, inputs, targets)
     assert relative_error(out.loss, ref.loss) <= TOL_BPTT, info
     for g in net.groups:
@@ -314,7 +279,7 @@ def test_initial_state_of_all_units_is_a_feed_forward_net(case):
     """With every unit's initial state given, the net is a plain layered feed-forward net: no
     initial-state parameter receives a gradient, and everything else still agrees."""
     net, T, inputs, targets, rng = case
-    out = unrolled_run(net, T, inputs, targets)
+    out = net.unroll(T).run(inputs, targets)
     for name in net.weights:
         if name.startswith("init:"):
             assert out.unrolled.copies(name) == []
@@ -415,14 +380,14 @@ def test_training_the_learned_initial_state_lowers_the_loss():
 def test_truncated_run_equals_truncated_bptt(case, data):
     net, T, inputs, targets, rng = case
     k = data.draw(st.integers(1, T))
-    out = unrolled_run(net, T, inputs, targets, truncate=k)
+    out = net.unroll(T).run(inputs, targets, truncate=k)
     ref = rnn.bptt(net, T, inputs, targets, truncate=k)
     for name in net.weights:
         assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT, (name, k)
     report = rnn.check_equivalence(net, T, inputs, targets, truncate=k)
     assert report.passed, str(report)
     if k == T:  # truncating at T is no truncation at all
-        full = unrolled_run(net, T, inputs, targets)
+        full = net.unroll(T).run(inputs, targets)
         for name in net.weights:
             assert np.array_equal(out.weight_grads[name], full.weight_grads[name])
 
@@ -472,8 +437,8 @@ def test_truncated_gradient_is_the_gradient_of_the_last_k_steps_from_a_frozen_st
 @given(nets_with_data())
 def test_reduce_mean_is_the_mean_of_the_per_step_contributions(case):
     net, T, inputs, targets, rng = case
-    out_sum = unrolled_run(net, T, inputs, targets)
-    out_mean = unrolled_run(net, T, inputs, targets, reduce="mean")
+    out_sum = net.unroll(T).run(inputs, targets)
+    out_mean = net.unroll(T, reduce="mean").run(inputs, targets)
     ref = rnn.bptt(net, T, inputs, targets, reduce="mean")
     for name in net.weights:
         per_step = out_mean.step_grads(name)
@@ -580,9 +545,6 @@ def test_unit_level_net_equals_group_level_net(act):
 
 
 # ----------------------------------------------------------------------------- bugs found
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="BUG: Group.initial == 'learned' compared with an array: per-unit initial-state arrays "
-                          "of more than one unit crash unroll (unroll.py:70) and bptt (bptt.py:108, 181)")
 def test_per_unit_initial_state_array():
     T, B = 3, 2
     net = small_net(initial=np.array([0.1, -0.2, 0.3]))
@@ -591,8 +553,6 @@ def test_per_unit_initial_state_array():
     assert np.array_equal(out.states("h")[0], np.tile([0.1, -0.2, 0.3], (B, 1)))
     assert rnn.check_equivalence(net, T, inputs, targets).passed
 
-@pytest.mark.xfail(strict=True, reason="BUG: RunResult.deltas(g)[0] repeats the batch-summed gradient of a "
-                                       "batch-free initial state in every row instead of per-example dE/dstate")
 def test_deltas_at_step_zero_are_per_example():
     T, B = 3, 3
     net = small_net(initial=None)
@@ -697,9 +657,9 @@ def softmax_prior_net():
                                        "fail for T>1 (non-scalar loss / broadcasting error in the batched plan)")
 @pytest.mark.parametrize("T,kind", [(1, "onehot"), (2, "labels"), (3, "labels"), (3, "onehot")])
 def test_cross_entropy_on_a_batch_free_group(T, kind):
-    B = 2
+    B = 3
     net = softmax_prior_net()
-    labels = np.tile([[0, 1]], (T, 1))
+    labels = np.random.default_rng(T).integers(0, 2, (T, B))
     values = labels if kind == "labels" else np.eye(2)[labels]
     inputs = [rnn.Clamp("x", np.zeros((T, B, 1)))]
     targets = [rnn.Target("s", values, loss="cross_entropy")]
@@ -713,37 +673,23 @@ def test_cross_entropy_on_a_batch_free_group(T, kind):
                                        "sum of the first two, which fails when a later term broadcasts to a bigger "
                                        "shape (tinygraph/ops.py _add_n)")
 def test_add_n_broadcasts_a_later_term():
-    """A group whose first two incoming terms are batch-free (its own constant past) and whose
-    third has the batch axis."""
+    """A group whose first two incoming terms are batch-free (from groups no connection reaches)
+    and whose third has the batch axis."""
     T, B = 3, 2
     net = rnn.RecurrentNet("addn", seed=0)
     net.add_group("x", 1, role="input")
+    net.add_group("a", 2, activation="tanh")
+    net.add_group("c", 2, activation="tanh")
     net.add_group("b", 2, activation="tanh", bias=False)
-    net.connect("b", "b", delay=1)
-    net.connect("b", "b", delay=2)
+    net.connect("a", "b", delay=0)
+    net.connect("c", "b", delay=0)
     net.connect("x", "b", delay=0)
     rng = np.random.default_rng(0)
+    net.weights["bias:a"][...] = rng.normal(0, 0.5, 2)
+    net.weights["bias:c"][...] = rng.normal(0, 0.5, 2)
     inputs = [rnn.Clamp("x", rng.uniform(-1, 1, (T, B, 1)))]
     targets = [rnn.Target("b", rng.uniform(-1, 1, (T, B, 2)))]
     out = net.unroll(T).run(inputs, targets)
     ref = rnn.bptt(net, T, inputs, targets)
-    for name in net.weights:
-        assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
-
-
-@pytest.mark.xfail(strict=True, reason="BUG: when tinygraph's plan drops the reverse-level batches (contracting "
-                                       "them made a cycle) it keeps indexing the shortened batch list with the old "
-                                       "batch ids: IndexError, or the wrong batch (tinygraph/plan.py Plan.__init__)")
-def test_plan_fallback_keeps_batch_ids_valid():
-    T = 3
-    net = rnn.RecurrentNet("plan", seed=0)
-    net.add_group("a", 1, activation="tanh")
-    net.add_group("b", 1, activation="tanh")
-    net.connect("a", "a", delay=1)
-    net.connect("a", "a", delay=2)
-    net.connect("a", "b", delay=0)
-    targets = [rnn.Target("b", np.full((1, 1, 1), 0.3), steps="final")]
-    out = net.unroll(T).run([], targets)
-    ref = rnn.bptt(net, T, [], targets)
     for name in net.weights:
         assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
