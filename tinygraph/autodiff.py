@@ -273,15 +273,17 @@ class Activations:
             seed = np.asarray(seed, dtype=np.float64 if out.dtype.kind != "f" else out.dtype)
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
-        grads, tsum = backward_pass(self, loss, seed, check_finite)
+        grads, tsum, lazy = backward_pass(self, loss, seed, check_finite)
         if check_finite:  # the loop checks what it propagates; sources end it, so check them here
             for n in self.plan.order:
-                if n.op in ("input", "param", "const") and _not_finite(grads[n.index]):
+                lz = lazy.get(n.index)
+                if n.op in ("input", "param", "const") and (_not_finite(grads[n.index]) or
+                                                           (lz is not None and _not_finite(lz[0][lz[1]]))):
                     _nonfinite_grad(n)
             for t in self.plan.tied.values():
                 if _not_finite(tsum.get(id(t))):
                     _nonfinite_grad(t.members[0])
-        return Gradients(self, loss, grads, tsum)
+        return Gradients(self, loss, grads, tsum, lazy)
 
 
 def backward_pass(acts, loss, seed, check_finite=False):
@@ -300,6 +302,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     grads[loss.index] = seed
     tsum = {}
     bgrads = {}
+    lazy = {}
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
 
@@ -319,7 +322,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
         if step[0] == BATCH:
             b = step[1]
             if b.id in bstore:
-                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, check_finite)
+                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, check_finite)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -353,7 +356,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             else:
                 prev = grads[j]
                 grads[j] = gi if prev is None else prev + gi  # out of place: gi may be shared with g
-    return grads, tsum
+    return grads, tsum, lazy
 
 
 def _nonfinite_grad(node):
@@ -375,24 +378,29 @@ def _backward_single(node, values, grads, accumulate, check_finite):
             accumulate(i.index, _ops.unbroadcast(gi, np.shape(values[i.index])))
 
 
-def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, check_finite=False):
+def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, check_finite=False):
+    """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
+    (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
+    source nodes fed stacked, unless something else also contributes to them."""
     out, args = bstore[b.id]
     G = bgrads.pop(b.id, None)
-    per = [grads[m] for m in b.members]
-    if G is None and all(p is None for p in per):
+    members = b.members
+    per = [grads[m] for m in members]
+    some = any(p is not None for p in per)
+    if G is None and not some:
         return
     if G is None:
-        G = _stack([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(b.members, per)])
-    elif any(p is not None for p in per):
+        G = _stack([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(members, per)])
+    elif some:
         G = np.array(G, copy=True)
         for k, p in enumerate(per):
             if p is not None:
                 G[k] += p
-    for k, m in enumerate(b.members):
-        grads[m] = G[k, ...]
+    for k, m in enumerate(members):
+        lazy[m] = (G, k)
     if check_finite and _not_finite(G):
-        for m in b.members:
-            if _not_finite(grads[m]):
+        for k, m in enumerate(members):
+            if _not_finite(G[k]):
                 _nonfinite_grad(nodes[m])
     unbroadcast = _ops.unbroadcast
     for pos, (kind, ref) in enumerate(b.inputs):
@@ -413,8 +421,14 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, check_f
             bgrads[ref] = gi if prev is None else prev + gi
         else:
             gi = unbroadcast(gi, args[pos].shape)
+            natural = gi.shape[:1] + np.shape(values[ref[0]])
+            if gi.shape != natural:
+                gi = gi.reshape(natural)
             for k, j in enumerate(ref):
-                accumulate(j, gi[k, ...].reshape(np.shape(values[j])))
+                if grads[j] is None and j not in lazy and nodes[j].op == "input":
+                    lazy[j] = (gi, k)  # a fed input: nothing upstream needs its gradient now
+                else:
+                    accumulate(j, gi[k])
 
 
 class Gradients:
@@ -425,13 +439,26 @@ class Gradients:
     ``grads.constrained()`` applies the graph's ties and linear constraints.
     """
 
-    def __init__(self, acts, loss, grads, tied_sums=None):
+    def __init__(self, acts, loss, grads, tied_sums=None, lazy=None):
         self.acts = acts
         self.graph = acts.graph
         self.loss = loss
         self._grads = grads
         self._tied_sums = tied_sums or {}
+        self._lazy = lazy or {}
         self._copy_cache = {}
+
+    def _raw(self, i):
+        """The stored gradient of node index i, or None: a batch member's row of the
+        stacked gradient, plus (for a fed input) any contribution stored separately."""
+        lz = self._lazy.get(i)
+        if lz is None:
+            return self._grads[i] if i < len(self._grads) else None
+        row = lz[0][lz[1]]
+        node = self.graph.nodes[i]
+        if node.op == "input" and self._grads[i] is not None:
+            return row + self._grads[i]
+        return row
 
     def __getitem__(self, key):
         node = self.graph.own(key, "gradients")
@@ -441,7 +468,7 @@ class Gradients:
             if g is None:
                 g = self._copy_cache[i] = self._copy_grad(node)
             return g
-        g = self._grads[i] if i < len(self._grads) else None
+        g = self._raw(i)
         if g is not None:
             return g
         if i < len(self.acts._values) and self.acts._values[i] is not None:
@@ -456,7 +483,7 @@ class Gradients:
         nodes = self.graph.nodes
         total = None
         for c, pos in self.acts.plan.consumers(node.index):
-            g = self._grads[c]
+            g = self._raw(c)
             if g is None:
                 continue
             cn = nodes[c]
@@ -476,8 +503,8 @@ class Gradients:
         """True when the loss depends on this node."""
         node = self.graph.own(key, "gradients")
         if node.index in self.acts.plan.tied:
-            return any(self._grads[c] is not None for c, _ in self.acts.plan.consumers(node.index))
-        return node.index < len(self._grads) and self._grads[node.index] is not None
+            return any(self._raw(c) is not None for c, _ in self.acts.plan.consumers(node.index))
+        return node.index < len(self._grads) and self._raw(node.index) is not None
 
     def params(self):
         """{param node: raw gradient} for every parameter of the graph."""
