@@ -13,3 +13,4 @@ from .check import check_equivalence, EquivalenceReport
 from .inspect import inspect, Inspection
 from . import tasks
 from .train import train, SequenceData
+from .render import render, render_side_by_side

@@ -102,6 +102,7 @@ def bptt(net, steps, inputs=(), targets=(), truncate=None, reduce="sum"):
 
     # ------------------------------------------------------------ forward: push the stack
     stack = []
+    pre = {}
     layer0 = {}
     for grp in order:
         G = net.groups[grp]
@@ -124,7 +125,11 @@ def bptt(net, steps, inputs=(), targets=(), truncate=None, reduce="sum"):
                 src = st[c.src] if ts == t else stack[ts][0][c.src]
                 a += src @ W[c.name]
             tot[grp] = a
-            st[grp] = apply_clamps(grp, t, activation(G.activation, a))
+            out = activation(G.activation, a)
+            if clamp_at.get((grp, t)):
+                pre[(grp, t)] = out  # the activation before clamping: its derivative needs it
+                out = out.copy()
+            st[grp] = apply_clamps(grp, t, out)
         stack.append((st, tot))
     states = [s for s, _ in stack]
     totals = [a for _, a in stack]
@@ -162,10 +167,13 @@ def bptt(net, steps, inputs=(), targets=(), truncate=None, reduce="sum"):
             if grp not in tot:  # fully clamped: nothing computed, nothing to send back
                 continue
             G = net.groups[grp]
-            dA = activation_backward(G.activation, dS[t][grp], st[grp], tot[grp])
+            dS_free = dS[t][grp]
+            if (grp, t) in pre:  # clamped units ignore what their inputs computed
+                dS_free = dS_free.copy()
+                dS_free[:, clamped_units(grp, t)] = 0.0
+            dA = activation_backward(G.activation, dS_free, pre.get((grp, t), st[grp]), tot[grp])
             if (grp, t) in dA_extra:
                 dA = dA + dA_extra[(grp, t)]
-            dA[:, clamped_units(grp, t)] = 0.0  # clamped units ignore what their inputs computed
             dA_all[t][grp] = dA
             if G.bias:
                 step_grads[f"bias:{grp}"][t] = dA.sum(axis=0)

@@ -6,7 +6,7 @@ steps that use it, identical layers)."""
 import networkx as nx
 import numpy as np
 
-from tinygraph.check import relative_error
+from tinygraph.check import noise_floor, relative_error
 
 from .bptt import bptt
 from .data import Target, resolve_all
@@ -137,7 +137,7 @@ def check_equivalence(net, steps, inputs=(), targets=(), truncate=None, reduce="
 
     if finite_differences and truncate is None:
         rng = np.random.default_rng(seed)
-        floor = max(1e-8, 1e-6 * abs(out.loss))  # finite differences' rounding noise scales with the loss
+        floor = noise_floor(out.loss, eps, tol_fd)  # finite differences' rounding noise scales with the loss
         for name, arr in net.weights.items():
             flat = arr.reshape(-1)  # a view: perturbing it perturbs every tied copy at once
             idx = np.arange(flat.size)

@@ -16,7 +16,7 @@ class DataError(NetError):
 
 
 def resolve_steps(steps, T, where):
-    """The sorted list of steps a spec names, checked against 0..T."""
+    """The list of steps a spec names (in the order given), checked against 0..T."""
     if isinstance(steps, str):
         if steps == "all":
             return list(range(1, T + 1))
@@ -43,7 +43,15 @@ def resolve_steps(steps, T, where):
         raise DataError(f"{where}: a step appears twice in {out}")
     if not out:
         raise DataError(f"{where}: no steps selected")
-    return sorted(out) if out != sorted(out) else out
+    return out
+
+
+def _in_time_order(steps, *arrays):
+    """Sort steps given out of order, and the values (first axis) with them."""
+    order = np.argsort(steps, kind="stable")
+    if np.all(order[:-1] < order[1:]):
+        return (steps,) + arrays
+    return ([steps[i] for i in order],) + tuple(None if a is None else a[order] for a in arrays)
 
 
 def resolve_units(units, size, where):
@@ -105,7 +113,8 @@ class Clamp:
         steps = resolve_steps(self.steps, T, where)
         units = resolve_units(self.units, g.size, where)
         n = g.size if units is None else len(units)
-        return steps, units, _values(self.values, len(steps), n, where)
+        steps, values = _in_time_order(steps, _values(self.values, len(steps), n, where))
+        return steps, units, values
 
     def __repr__(self):
         return f"Clamp({self.group!r}, steps={self.steps!r}, units={self.units!r})"
@@ -159,6 +168,7 @@ class Target:
                 mask = _values(self.mask, len(steps), n, where + " mask")
                 if mask.shape != values.shape:
                     raise DataError(f"{where}: mask shape {mask.shape} differs from values shape {values.shape}")
+        steps, values, mask = _in_time_order(steps, values, mask)
         return steps, units, values, mask
 
     def __repr__(self):

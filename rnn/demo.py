@@ -137,8 +137,7 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         say(f"task: settle into one of {len(t.patterns)} stored patterns of {t.units} units from a corrupted "
             f"start ({t.flips} unit flipped), targets on the last {t.k} of {t.steps} steps")
         net = t.net(seed=0)
-        hist = train(net, t.train, t.steps, optimizer="adam", lr=0.05, epochs=150, batch_size=32,
-                     progress=progress, callback=lambda e, n: {"recall": t.evaluate(n)[0]})
+        hist = t.fit(net, progress=progress, callback=lambda e, n: {"recall": t.evaluate(n)[0]})
         recall, change = t.evaluate(net)
         acc = recall
         say(f"trained in {hist.epochs} sweeps ({hist.seconds:.1f} s); unseen corrupted starts recalled: "

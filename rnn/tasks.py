@@ -117,7 +117,26 @@ class Attractor:
     def train(self):
         return self.data(self.n_train, seed=1)
 
-    def evaluate(self, net, n=200, seed=12345, tol=0.05):
+    def fit(self, net, progress=False, lr=0.05, warmup_epochs=30, epochs=40, batch_size=32, callback=None):
+        """Train in two stages: first with the pattern as target at *every* step (reach it
+        fast), then on the task itself (targets on the last k steps only: stay there).
+        Trained on the task alone from the start, the net tends to settle on the mean
+        pattern or to oscillate; the warm-up gets it into the right basin."""
+        from .train import train
+        warm = Attractor(self.units, len(self.patterns), self.steps, self.steps, self.flips, self.n_train)
+        warm.patterns = self.patterns
+        first = train(net, warm.data(self.n_train, seed=1), self.steps, optimizer="adam", lr=lr,
+                      epochs=warmup_epochs, batch_size=batch_size, progress=progress, callback=callback)
+        second = train(net, self.train, self.steps, optimizer="adam", lr=lr, epochs=epochs,
+                       batch_size=batch_size, progress=progress, callback=callback)
+        second.loss = first.loss + second.loss
+        second.metrics = first.metrics + second.metrics
+        second.seconds += first.seconds
+        second.updates += first.updates
+        second.epochs = len(second.loss)
+        return second
+
+    def evaluate(self, net, n=200, seed=12345):
         """(fraction recalled, largest state change over the last k steps) on unseen corrupted starts."""
         which, start = self.corrupt(n, np.random.default_rng(seed))
         out = net.unroll(self.steps).run([Clamp("h", start[None], steps=[0])], backward=False)

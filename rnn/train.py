@@ -15,13 +15,21 @@ import tinygraph as tg
 from .data import Clamp, DataError, Target
 
 
+def _with_step_axis(values, single_step_ndim):
+    """Values of a single step may come without the step axis; give it back."""
+    arr = np.asarray(values)
+    return arr[None] if arr.ndim == single_step_ndim else arr
+
+
 class SequenceData:
     """A set of examples along the batch axis: clamps and targets whose values hold
     every example (shape (steps, N, units)).  ``subset(idx)`` slices the batch."""
 
     def __init__(self, inputs, targets):
-        self.inputs = list(inputs)
-        self.targets = list(targets)
+        self.inputs = [Clamp(c.group, _with_step_axis(c.values, 2), c.steps, c.units) for c in inputs]
+        self.targets = [Target(t.group, _with_step_axis(t.values, 1 if t.loss == "cross_entropy" else 2),
+                               t.steps, t.units, t.loss,
+                               None if t.mask is None else _with_step_axis(t.mask, 2)) for t in targets]
         sizes = {np.shape(x.values)[1] for x in self.inputs + self.targets}
         if len(sizes) != 1:
             raise DataError(f"SequenceData: clamps and targets disagree on the number of examples: {sorted(sizes)}")

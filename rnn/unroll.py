@@ -134,7 +134,10 @@ class Emitted:
                     lab = g.input(f"target[{tag}]", (None, net.groups[grp].size) if onehot else (None,),
                                   dtype=np.float64 if onehot else np.int64)
                     self.feeds.append((lab, "target", r, pos))
-                    losses.append(tg.cross_entropy(self.totals[t][grp], lab, name=f"loss[{tag}]"))
+                    logits = self.totals[t][grp]
+                    if self.batch_node is not None and len(logits.shape) == 1:  # no connection brings a batch
+                        logits = tg.broadcast_like(logits, self.batch_node, name=f"rows[net[{grp}]]@t{t}")
+                    losses.append(tg.cross_entropy(logits, lab, name=f"loss[{tag}]"))
                     continue
                 sel = state if units is None else tg.getitem(state, (Ellipsis, units), name=f"sel[{tag}]")
                 tgt = g.input(f"target[{tag}]", (None, len(units) if units is not None else net.groups[grp].size))

@@ -639,10 +639,6 @@ def test_check_gradients_inputs_true():
     assert res < 1e-6 and set(res.errors) == {"W", "x"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: check.relative_error's floor (1e-8) ignores finite-difference round-off "
-                                       "(~1e-16 |loss| / eps ~ 1e-9): a gradient that is exactly zero while the "
-                                       "loss is not (here a shift of every logit, to which softmax is invariant) "
-                                       "is reported with a relative error up to ~0.2, depending on rounding luck")
 def test_check_gradients_no_false_alarm_on_an_exactly_zero_gradient():
     worst = 0.0
     for seed in range(12):  # the false alarm depends on rounding: try several data sets

@@ -28,8 +28,8 @@ TOL_FD = 1e-6
 ACTIVATIONS = ("logistic", "tanh", "linear", "relu", "softmax")
 INITIALS = ("default", "zero", "float", "array", "learned")
 INPUT_MODES = ("none", "initial_all", "initial_subset", "every_step_subset", "mix")
-SOFTMAX_PARTIAL_CLAMP_BUG = True
 TARGET_MODES = ("final", "last_list", "last_range", "last_tuple", "all", "some_steps")
+
 
 # A fixed (derandomized) set of examples per property keeps the suite stable, as in
 # test_properties.py; TINYGRAPH_STRESS_EXAMPLES=1000 explores fresh random examples.
@@ -50,6 +50,16 @@ def central_difference(loss_fn, arr, index, eps=1e-6):
     return (up - down) / (2 * eps)
 
 
+def fd_floor(loss):
+    """The scale below which central differences cannot resolve a derivative to TOL_FD.
+
+    (f(w + eps) - f(w - eps)) / (2 eps) carries rounding noise of about 1e-16 |loss| / eps =
+    1e-10 |loss| for eps = 1e-6; measured against max(|analytic|, |numeric|, floor) that noise
+    stays below TOL_FD / 2 when floor = 2e-4 |loss|.  (check_equivalence uses 1e-6 |loss|, too
+    small: see test_check_equivalence_fd_floor_allows_for_rounding_noise.)"""
+    return max(1e-8, 2e-4 * abs(loss))
+
+
 def own_fd_check(net, T, inputs, targets, rng, entries=3, eps=1e-6):
     """Our own central differences on a few entries of every weight, the loss computed by the
     time-domain ``rnn.bptt`` (no graph), compared with the unrolled graph's tied gradients."""
@@ -58,14 +68,25 @@ def own_fd_check(net, T, inputs, targets, rng, entries=3, eps=1e-6):
     def loss():
         return rnn.bptt(net, T, inputs, targets).loss
 
+    floor = fd_floor(out.loss)
     worst = {}
     for name, arr in net.weights.items():
         flat_idx = rng.choice(arr.size, size=min(entries, arr.size), replace=False)
         idx = [np.unravel_index(i, arr.shape) for i in flat_idx]
         numeric = np.array([central_difference(loss, arr, i, eps) for i in idx])
         analytic = np.array([out.weight_grads[name][i] for i in idx])
-        worst[name] = relative_error(analytic, numeric)
+        worst[name] = relative_error(analytic, numeric, floor)
     return worst
+
+
+def assert_equivalent(report, info=""):
+    """Every figure of an rnn.check_equivalence report within tolerance, with the finite-difference
+    figures judged against the rounding-noise floor (fd_floor) rather than the report's own."""
+    others = [f for f in report.failures if not f.startswith("grad fd")]
+    assert not others, f"{report}\n{info}"
+    floor = fd_floor(report.run.loss)
+    for name, (analytic, numeric) in report.fd_errors.items():
+        assert relative_error(analytic, numeric, floor) <= TOL_FD, f"{name}\n{report}\n{info}"
 
 
 def _subset(draw, size):
@@ -125,10 +146,7 @@ def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
             clamped.setdefault((group, t), set()).update(range(size) if units is None else units)
 
     def step_units(g):
-        """Units to clamp at steps >= 1.  BUG (see test_softmax_group_partly_clamped): bptt is wrong
-        for a partly clamped softmax group, so softmax groups are clamped whole there."""
-        if net.groups[g].activation == "softmax" and SOFTMAX_PARTIAL_CLAMP_BUG:
-            return None
+        """Units to clamp at steps >= 1 (a subset, softmax groups included)."""
         return _subset(draw, net.groups[g].size)
 
     if mode == "initial_all":  # the feed-forward view: the initial state of every unit
@@ -157,7 +175,6 @@ def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
     full = {(c.group, t) for c in inputs if c.units is None
             for t in (range(1, T + 1) if c.steps == "all" else c.steps)}
     free_states = batch_free_states(net, T, clamped, full)
-    assume(not add_n_hazard(net, T, free_states, full))
 
     targets = []
     for g in names:
@@ -181,9 +198,7 @@ def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
             if not free:
                 continue
             whole = len(free) == G.size
-            # BUG (see test_cross_entropy_on_a_batch_free_group): no cross-entropy on batch-free logits
-            batched = not any(free_states[(g, t)] for t in steps)
-            if whole and batched and G.activation == "softmax" and draw(st.booleans()):
+            if whole and G.activation == "softmax" and draw(st.booleans()):
                 if draw(st.booleans()):
                     values = rng.integers(0, G.size, (len(steps), B))          # class labels
                 else:
@@ -214,19 +229,6 @@ def batch_free_states(net, T, clamped, full):
                 continue
             free[(g, t)] = all(free[(c.src, max(t - c.delay, 0))] for c in net.incoming(g))
     return free
-
-
-def add_n_hazard(net, T, free, full):
-    """BUG (see test_add_n_broadcasts_a_later_term): tinygraph's add_n fails when its first two
-    terms are batch-free and a later one has the batch axis."""
-    for t in range(1, T + 1):
-        for g, G in net.groups.items():
-            if (g, t) in full:
-                continue
-            terms = [not free[(c.src, max(t - c.delay, 0))] for c in net.incoming(g)] + ([False] if G.bias else [])
-            if len(terms) >= 3 and not terms[0] and not terms[1] and any(terms[2:]):
-                return True
-    return False
 
 
 def describe(net, T, inputs, targets):
@@ -265,7 +267,7 @@ def test_random_nets_unrolled_equals_bptt_and_finite_differences(case):
 
     # the library's own check (autodiff vs bptt vs finite differences, and structure)
     report = rnn.check_equivalence(net, T, inputs, targets)
-    assert report.passed, f"{report}\n{info}"
+    assert_equivalent(report, info)
     assert all(ok for ok, _ in report.structure.values()), f"{report}\n{info}"
 
     # and a few central differences of our own, through the time-domain loop
@@ -284,8 +286,7 @@ def test_initial_state_of_all_units_is_a_feed_forward_net(case):
         if name.startswith("init:"):
             assert out.unrolled.copies(name) == []
             assert np.all(out.weight_grads[name] == 0.0)
-    report = rnn.check_equivalence(net, T, inputs, targets)
-    assert report.passed, str(report)
+    assert_equivalent(rnn.check_equivalence(net, T, inputs, targets))
 
 
 # ----------------------------------------------------------------------------- learned initial states
@@ -449,7 +450,7 @@ def test_reduce_mean_is_the_mean_of_the_per_step_contributions(case):
         assert relative_error(out_mean.weight_grads[name], mean) <= 1e-12, name
         assert relative_error(out_mean.weight_grads[name], out_sum.weight_grads[name] / len(per_step)) <= 1e-12
         assert relative_error(out_mean.weight_grads[name], ref.grads[name]) <= TOL_BPTT, name
-    assert rnn.check_equivalence(net, T, inputs, targets, reduce="mean").passed
+    assert_equivalent(rnn.check_equivalence(net, T, inputs, targets, reduce="mean"))
 
 
 def test_reduce_mean_by_hand():
@@ -528,8 +529,8 @@ def test_unit_level_net_equals_group_level_net(act):
     for g, G in gnet.groups.items():
         unit_states = np.concatenate([u_out.states(f"{g}{i}") for i in range(G.size)], axis=-1)
         assert relative_error(unit_states, g_out.states(g)) <= 1e-12, g
-        unit_deltas = np.concatenate([u_out.deltas(f"{g}{i}")[1:] for i in range(G.size)], axis=-1)
-        assert relative_error(unit_deltas, g_out.deltas(g)[1:]) <= 1e-12, g
+        unit_deltas = np.concatenate([u_out.deltas(f"{g}{i}") for i in range(G.size)], axis=-1)
+        assert relative_error(unit_deltas, g_out.deltas(g)) <= 1e-12, g
     for c in gnet.connections.values():
         W = g_out.weight_grads[c.name]
         unit_W = np.array([[u_out.weight_grads[f"{c.src}{i}->{c.dst}{j}"][0, 0] for j in range(W.shape[1])]
@@ -619,9 +620,6 @@ def test_cross_entropy_matches_bptt_and_finite_differences():
         assert rnn.check_equivalence(net, T, inputs, [tgt]).passed
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: bptt zeroes dE/d(total input) of clamped units after the activation's "
-                                       "backward; for a partly clamped softmax group the clamped units' dE/dstate "
-                                       "leaks into the free units through the softmax Jacobian (rnn/bptt.py)")
 def test_softmax_group_partly_clamped():
     """The unrolled graph is the exact derivative of the forward pass (finite differences agree);
     the time-domain reference must be too."""
@@ -652,9 +650,6 @@ def softmax_prior_net():
     return net
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: cross-entropy on a batch-free softmax group (no batch input "
-                                       "reaches it) fails: one-hot labels are refused at build time, class labels "
-                                       "fail for T>1 (non-scalar loss / broadcasting error in the batched plan)")
 @pytest.mark.parametrize("T,kind", [(1, "onehot"), (2, "labels"), (3, "labels"), (3, "onehot")])
 def test_cross_entropy_on_a_batch_free_group(T, kind):
     B = 3
@@ -669,9 +664,6 @@ def test_cross_entropy_on_a_batch_free_group(T, kind):
     assert relative_error(out.weight_grads["bias:s"], ref.grads["bias:s"]) <= TOL_BPTT
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tinygraph add_n adds its third and later terms in place into the "
-                                       "sum of the first two, which fails when a later term broadcasts to a bigger "
-                                       "shape (tinygraph/ops.py _add_n)")
 def test_add_n_broadcasts_a_later_term():
     """A group whose first two incoming terms are batch-free (from groups no connection reaches)
     and whose third has the batch axis."""
@@ -693,3 +685,22 @@ def test_add_n_broadcasts_a_later_term():
     ref = rnn.bptt(net, T, inputs, targets)
     for name in net.weights:
         assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
+
+
+def test_check_equivalence_fd_floor_allows_for_rounding_noise():
+    """A big error on one output (loss 3e4) next to a weight with an ordinary gradient (0.1):
+    the gradient is right (bptt agrees to 1e-16), so the check must pass."""
+    net = rnn.RecurrentNet("floor", seed=0)
+    net.add_group("x", 1, role="input")
+    net.add_group("a", 1, activation="linear")
+    net.add_group("b", 1, activation="logistic")
+    net.connect("x", "b", delay=0, weight=[[0.7]])
+    T, B = 2, 3
+    rng = np.random.default_rng(0)
+    inputs = [rnn.Clamp("x", rng.uniform(-1, 1, (T, B, 1)))]
+    rng.uniform(0, 1, (T, B, 1)), rng.uniform(0, 1, (T, B, 1))  # (the draws the bug was found with)
+    targets = [rnn.Target("a", np.full((T, B, 1), 100.0)), rnn.Target("b", rng.uniform(0, 1, (T, B, 1)))]
+    report = rnn.check_equivalence(net, T, inputs, targets)
+    assert report.errors["grad bptt x->b"] <= TOL_BPTT
+    assert_equivalent(report)  # judged against the rounding noise: fine
+    assert report.passed       # the library's own verdict

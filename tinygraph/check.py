@@ -29,6 +29,12 @@ def relative_error(analytic, numeric, floor=1e-8):
     return float(np.max(np.abs(a - n)) / scale)
 
 
+def noise_floor(loss, eps, tol=1e-6):
+    """The gradient scale below which central differences cannot be judged to ``tol``:
+    their rounding noise is about 2.2e-16 |loss| / eps."""
+    return max(1e-8, 2.2e-16 * abs(float(loss)) / eps / tol)
+
+
 def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, max_entries=None, seed=0):
     """Compare reverse-mode gradients of scalar ``loss`` with central differences.
 
@@ -64,7 +70,7 @@ def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, m
 
     # finite differences carry rounding noise of about 1e-16 |loss| / eps, so an exactly
     # zero gradient must be judged against that scale, not against zero
-    floor = max(1e-8, 1e-6 * abs(loss_value()))
+    floor = noise_floor(loss_value(), eps)
     errors = {}
     for node in wrt:
         node = graph.own(node, "check_gradients wrt")

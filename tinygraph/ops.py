@@ -149,7 +149,10 @@ defop("pow", lambda x, *, exponent: x ** exponent, (_pow_vjp,), lambda s, *, exp
 def _add_n(*xs):
     total = xs[0] + xs[1] if len(xs) > 1 else np.array(xs[0], copy=True)
     for x in xs[2:]:
-        total += x  # total is a fresh array here, so adding in place is safe
+        try:
+            total += x  # total is a fresh array here, so adding in place is safe
+        except ValueError:  # x broadcasts total to a bigger shape
+            total = total + x
     return total
 
 

@@ -1,0 +1,204 @@
+"""Saving and loading parameter values: one .npz file, never pickled, written atomically.
+
+Files are plain numpy archives (a zip of .npy members), so numpy alone can read
+them; loading refuses object arrays, so opening a file never runs code.  Every
+write goes to a temporary file next to the target and is renamed over it, so a
+crash mid-write leaves the previous file intact.
+"""
+
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import GraphError
+
+__all__ = ["save_params", "load_params", "atomic_write", "write_npz", "PersistError"]
+
+
+class PersistError(GraphError, ValueError):
+    """A file that cannot be read as what was asked, or that does not fit the graph or net."""
+
+
+# ------------------------------------------------------------------ writing
+
+def _new_file_mode(path):
+    """The mode a plainly created file would get (an existing file keeps its own), since mkstemp uses 0600."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write(path, write_fn):
+    """Write ``path`` through ``write_fn(binary_file)`` so that readers see the old or the new file, never half.
+
+    The data goes to a temporary file in the same folder (same filesystem, so the
+    rename is atomic), is flushed and fsynced, then ``os.replace``-d over ``path``.
+    On any error the temporary file is removed and the old file is untouched.
+    Saving through a symlink updates the file it points to.  Returns ``path``.
+    """
+    path = os.fspath(path)
+    target = os.path.realpath(path)
+    folder = os.path.dirname(target)
+    mode = _new_file_mode(target)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable (POSIX); not possible everywhere, and not needed for correctness
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def write_npz(fileobj, arrays):
+    """Write ``{key: array}`` as an uncompressed .npz into an open binary file.
+
+    Unlike ``np.savez`` this never appends ".npz" to a name, accepts any key (even
+    "file"), and refuses object arrays (they would need pickle to read back).
+    """
+    with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, arr in arrays.items():
+            arr = np.asanyarray(arr)
+            if arr.dtype.hasobject:
+                raise PersistError(f"array '{key}' holds Python objects (dtype {arr.dtype}); only numeric "
+                                   f"arrays can be saved without pickle")
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
+
+
+# ------------------------------------------------------------------ reading
+
+def _reject(path, what, fix=""):
+    return PersistError(f"{path}: {what}" + (f"; {fix}" if fix else ""))
+
+
+def open_npz(path, error=PersistError):
+    """``np.load(path, allow_pickle=False)`` as an NpzFile, any failure turned into ``error`` naming the file."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise error(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise error(f"{path}: not a .npz archive (the file is truncated, damaged or of another kind)")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise error(f"{path}: cannot read the archive ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, np.lib.npyio.NpzFile):  # pragma: no cover - is_zipfile checked above
+        raise error(f"{path}: not a .npz archive")
+    return data
+
+
+def member_header(npz, key):
+    """(shape, dtype, fortran_order) of member ``key``, read from its header without reading the data,
+    so a hostile file cannot make us allocate what it declares."""
+    fmt = np.lib.format
+    with npz.zip.open(key + ".npy") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            return fmt.read_array_header_1_0(f)
+        if version == (2, 0):
+            return fmt.read_array_header_2_0(f)
+        raise ValueError(f"unsupported .npy format version {version}")
+
+
+def read_member(npz, key, shape=None, max_entries=None):
+    """Read one array after checking its header: numeric, not an object array, and (when given) of
+    ``shape`` or at most ``max_entries`` entries.  Raises ValueError saying what is wrong."""
+    got_shape, dtype, _ = member_header(npz, key)
+    if dtype.hasobject:
+        raise ValueError(f"array '{key}' holds pickled Python objects (dtype {dtype}); refusing to unpickle")
+    if shape is not None and tuple(got_shape) != tuple(shape):
+        raise ValueError(f"array '{key}' has shape {tuple(got_shape)}, expected {tuple(shape)}")
+    if max_entries is not None and int(np.prod(got_shape, dtype=object)) > max_entries:
+        raise ValueError(f"array '{key}' declares shape {tuple(got_shape)}, more than {max_entries} entries")
+    arr = npz[key]
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+# ------------------------------------------------------------------ params
+
+def save_params(graph, path):
+    """Write every parameter's value, keyed by node name, to one .npz file (atomically).
+
+    Tied copies are saved each under their own name.  Returns ``path``.
+    """
+    arrays = {p.name: p.value for p in graph.params}
+    return atomic_write(path, lambda f: write_npz(f, arrays))
+
+
+def load_params(graph, path, strict=True):
+    """Read parameter values saved by ``save_params`` into ``graph``'s params, in place.
+
+    Values are written into ``param.value[...]`` (the array object stays, so tied
+    copies sharing one storage stay shared, and optimizers keep their references).
+    Everything is checked before anything is written: with ``strict`` the file must
+    hold exactly the graph's param names; every array must have the param's shape
+    and finite float values.  ``strict=False`` loads the names both have.
+
+    Raises PersistError naming the file, the param, the shapes and the fix.
+    """
+    params = {p.name: p for p in graph.params}
+    data = open_npz(path)
+    try:
+        with data:
+            names = set(data.files)
+            missing = [n for n in params if n not in names]
+            extra = sorted(names - set(params))
+            if strict and missing:
+                raise _reject(path, f"the file has no value for param(s) {missing[:10]} of graph '{graph.name}'",
+                              "save the params of this same graph, or pass strict=False to load only the "
+                              "names both have")
+            if strict and extra:
+                raise _reject(path, f"the file holds value(s) for {extra[:10]}, which graph '{graph.name}' has no "
+                                    f"param of", "check that the file belongs to this graph, or pass strict=False")
+            values = {}
+            for name, p in params.items():
+                if name not in names:
+                    continue
+                want = tuple(p.value.shape)
+                try:
+                    got = tuple(member_header(data, name)[0])
+                except Exception as exc:
+                    raise _reject(path, f"cannot read the value of param '{name}' ({exc})") from exc
+                if got != want:
+                    raise _reject(path, f"param '{name}' has shape {want} in graph '{graph.name}' but {got} in "
+                                        f"the file", "the file was saved from a graph of other sizes")
+                try:
+                    arr = read_member(data, name, shape=want)
+                except Exception as exc:
+                    raise _reject(path, f"cannot read the value of param '{name}' ({exc})") from exc
+                if arr.dtype.kind not in "fiu":
+                    raise _reject(path, f"param '{name}': the file holds dtype {arr.dtype}, not numbers")
+                if not np.all(np.isfinite(arr)):
+                    raise _reject(path, f"param '{name}': the file holds NaN or infinity",
+                                  "the saved training run had diverged")
+                values[name] = arr
+    except PersistError:
+        raise
+    except Exception as exc:  # a member damaged inside an intact zip directory, ...
+        raise _reject(path, f"cannot read the archive ({type(exc).__name__}: {exc})") from exc
+    for name, arr in values.items():
+        params[name].value[...] = arr
+    return sorted(values)
