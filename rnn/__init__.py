@@ -14,3 +14,4 @@ from .inspect import inspect, Inspection
 from . import tasks
 from .train import train, SequenceData
 from .render import render, render_side_by_side
+from .persist import load, load_any, net_from_spec, LoadError

@@ -57,8 +57,10 @@ _RC = {
 _TMP_COUNTER = itertools.count()
 
 
-class MatplotlibNotFoundError(GraphError, RuntimeError):
-    """matplotlib (the ``viz`` extra) is needed to draw a figure and is not installed."""
+class MatplotlibNotFoundError(GraphError, ImportError):
+    """matplotlib (the ``viz`` extra) is needed to draw a figure and is not installed.
+
+    Also an ImportError, so ``except ImportError`` around optional plotting keeps working."""
 
 
 class FigureError(GraphError, ValueError):
@@ -167,7 +169,7 @@ def _titles(fig, ax, title, sub, width_in):
     import textwrap
     fig.suptitle(title, x=0.01, ha="left", fontweight="bold")
     chars = max(40, int(width_in * 72 / 9.5 * 1.6))  # ~ characters of 9.5 pt text per line
-    wrapped = "\n".join(textwrap.fill(part, chars) for part in sub.split("\n"))
+    wrapped = "\n".join(textwrap.fill(part, chars, break_on_hyphens=False) for part in sub.split("\n"))
     ax.set_title(wrapped, loc="left", fontsize=9.5, color="#333333")
 
 
@@ -266,7 +268,7 @@ def delta_heatmap(inspection, path, group=None, example=None, targets=None, note
                         ax.plot(t + 0.36, row + u - 0.3, marker="o", ms=4, color="black", mec="white", mew=0.6)
             row += block.shape[0]
 
-    cb = fig.colorbar(im, ax=ax, pad=0.12 if n_cols < 20 else 0.08, shrink=0.95)
+    cb = fig.colorbar(im, ax=ax, pad=0.10 if n_cols < 20 else 0.07, shrink=0.95)
     cb.set_label("dE/dstate\nred: raising the state raises the error\nblue: raising it lowers the error",
                  fontsize=10)
     which = ("one example" if batch == 1 else f"example {example} of {batch}" if example is not None
@@ -568,7 +570,7 @@ def _peel_frame(net, T, t, k, S, D, s_range, d_lim, cells, weights, piece, has, 
     if note:
         sub = note + "  " + sub
     import textwrap
-    fig.text(0.02, 0.94, textwrap.fill(sub, 165), fontsize=9.5, color="#333333", va="top", linespacing=1.3)
+    fig.text(0.02, 0.94, textwrap.fill(sub, 165, break_on_hyphens=False), fontsize=9.5, color="#333333", va="top", linespacing=1.3)
 
     # side panel: the tied weights' pieces
     side = fig.add_axes([0.575, 0.115, 0.41, 0.745])

@@ -68,6 +68,10 @@ def _row(a):
     return a[0] if a.ndim == 2 and a.shape[0] == 1 else a
 
 
+def _units(n):
+    return f"{n} unit" if n == 1 else f"{n} units"
+
+
 def _err(e):
     return "0" if e == 0 else f"{e:.1e}"
 
@@ -304,7 +308,7 @@ class _Steps:
 def _group_attrs(net, group, colours, check):
     attrs = dict(ROLE_STYLE[group.role])
     rows = [_cell(f'<FONT POINT-SIZE="13"><B>{_h(group.name)}</B></FONT>'),
-            _cell(_lines(f"{group.size} unit{'s' if group.size != 1 else ''}, {group.activation}, {group.role}",
+            _cell(_lines(f"{_units(group.size)}, {group.activation}, {group.role}",
                          MUTED, 9, FONT)),
             _cell(_lines(_initial_note(group), MUTED, 9, FONT))]
     tip = [f"group {group.name}: {group.size} units, activation {group.activation}, role {group.role}",
@@ -354,7 +358,7 @@ def _draw_folded(dg, net, colours, check, units, prefix, max_units, max_edges):
         for g in net.groups.values():
             with dg.subgraph(name=f"cluster_{prefix}group_{g.name}") as sg:
                 sg.attr(label=f"{g.name}: {g.size} {g.activation}", style="rounded,dashed", color="#AAAAAA",
-                        fontsize="10", fontcolor=MUTED, rank="same",
+                        fontsize="10", fontcolor=MUTED, rank="same", labelloc="b",
                         tooltip=_tip(f"group {g.name}: {_initial_note(g)}"))
                 for i in range(g.size):
                     attrs, rows, tip = _unit_attrs(net, g, i, colours)
@@ -393,8 +397,6 @@ def _draw_folded(dg, net, colours, check, units, prefix, max_units, max_edges):
                             **{"class": "connection entry"})
                 if c.src == c.dst:  # within a group: let the units sit side by side
                     edge["constraint"] = "false"
-                elif n_entries <= 40:  # (labels on edges within one rank pile up: those have tooltips only)
-                    edge.update(label=f"{w:.2g}", fontsize="8", fontcolor=colour)
                 dg.edge(gid(c.src, i), gid(c.dst, j), **edge)
 
 
@@ -462,7 +464,7 @@ class _Unrolled:
             attrs["style"] = "rounded,filled"
         attrs["group"] = f"g_{g}"  # one group's states in one column: the time axis reads straight up
         rows = [_cell(f'<FONT POINT-SIZE="11"><B>{_h(node.name)}</B></FONT>')]
-        tip = [f"{node.name}: state of group {g} at step t={t} ({group.size} units, {group.activation})"]
+        tip = [f"{node.name}: state of group {g} at step t={t} ({_units(group.size)}, {group.activation})"]
         if t == 0 and node.op != "input" and not self.feeds.get((g, 0)):
             rows.append(_cell(_lines(_initial_note(group), MUTED, 8, FONT)))
             tip.append(_initial_note(group))

@@ -136,7 +136,8 @@ class Emitted:
                     self.feeds.append((lab, "target", r, pos))
                     logits = self.totals[t][grp]
                     if self.batch_node is not None and len(logits.shape) == 1:  # no connection brings a batch
-                        logits = tg.broadcast_like(logits, self.batch_node, name=f"rows[net[{grp}]]@t{t}")
+                        key = f"rows[net[{grp}]]@t{t}"
+                        logits = g[key] if key in g else tg.broadcast_like(logits, self.batch_node, name=key)
                     losses.append(tg.cross_entropy(logits, lab, name=f"loss[{tag}]"))
                     continue
                 sel = state if units is None else tg.getitem(state, (Ellipsis, units), name=f"sel[{tag}]")

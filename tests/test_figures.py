@@ -179,7 +179,7 @@ def test_missing_matplotlib_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(figures.MatplotlibNotFoundError, match=r"pip install tinygraph\[viz\]") as exc:
         figures.delta_heatmap(ins, tmp_path / "h.png")
-    assert isinstance(exc.value, GraphError)
+    assert isinstance(exc.value, GraphError) and isinstance(exc.value, ImportError)
     assert not (tmp_path / "h.png").exists()
 
 

@@ -17,3 +17,4 @@ from .check import check_gradients, GradientCheck
 __version__ = "0.1.0"
 from .optim import SGD, Adam, Optimizer
 from .render import render
+from .io import save_params, load_params, PersistError
