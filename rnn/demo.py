@@ -71,8 +71,8 @@ EXPLAIN = {
     "heatmap": "dE/dstate for every unit (rows) at every time step (columns) of one example: where the error "
                "derivatives live, and how they spread backwards from the steps that have targets.",
     "norms": "How much the final state still depends on the state at step t (||d state_T / d state_t||), for "
-             "the same net with small and large weights: small weights make the gradient vanish going back "
-             "in time, large ones make it explode.",
+             "the same layout with small and large recurrent weights (tanh hidden units, untrained): small "
+             "weights make the gradient vanish going back in time, large ones make it explode.",
     "peeling": "The backward pass peeling the stack: the forward pass pushed each step's activities; the "
                "backward pass pops them from the last step down, turning each into error derivatives and "
                "adding that step's contribution to every weight's gradient.",
@@ -131,7 +131,7 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         steps_small = small.steps
         metric = "train acc"
         norms_group = "h"
-        factory = lambda scale: _scaled_adder(t, scale)
+        factory = lambda scale: t.net(seed=0, hidden=8, activation="tanh", recurrent_scale=scale)  # noqa: E731
     else:
         t = Attractor(units=8, patterns=3, steps=8, k=3, flips=1, n_train=256, seed=0)
         say(f"task: settle into one of {len(t.patterns)} stored patterns of {t.units} units from a corrupted "
@@ -148,7 +148,7 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         steps_small = t.steps
         metric = "recall"
         norms_group = "h"
-        factory = lambda scale: _scaled_attractor(t, scale)
+        factory = lambda scale: _scaled_attractor(t, scale)  # noqa: E731
 
     say("")
     report = check_equivalence(net, t.steps, data.inputs, data.targets)
@@ -171,8 +171,10 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         f.write(ins.table(max_rows=10_000))
     ins.to_csv(os.path.join(out, "derivatives.csv"))
     try:
-        paths["heatmap"] = figures.delta_heatmap(ins, os.path.join(out, "heatmap.png"))
-        curves = figures.norms_for_scales(factory, t.steps, data.inputs, data.targets, [0.5, 1.0, 2.0, 4.0])
+        paths["heatmap"] = figures.delta_heatmap(ins, os.path.join(out, "heatmap.png"), example=0,
+                                                 targets=data.targets)
+        curves = figures.norms_for_scales(factory, t.steps, data.inputs, data.targets, [0.5, 1.0, 2.0, 4.0],
+                                          group=norms_group)
         paths["norms"] = figures.gradient_norms_over_time(curves, os.path.join(out, "gradient_norms.png"))
         frames = figures.peeling_frames(net, steps_small, *example_small, os.path.join(out, "peeling"))
         gif = figures.frames_to_gif(frames, os.path.join(out, "peeling.gif"))
@@ -196,13 +198,6 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
     _say(f"open {index} in a browser ({time.perf_counter() - start:.0f} s in all)", stream)
     ok = report.passed and acc >= (1.0 if task == "adder" else 0.9)
     return (0 if ok else 1), paths
-
-
-def _scaled_adder(task, scale):
-    net = task.net(seed=0)
-    for name in ("x->h", "h->h", "h->y"):
-        net.weights[name] *= scale
-    return net
 
 
 def _scaled_attractor(task, scale):

@@ -34,13 +34,15 @@ class BinaryAddition:
         self.train_pairs = pairs[:n_train]
         self.test_pairs = pairs[n_train:]  # every pair not seen in training
 
-    def net(self, seed=0, hidden=3):
+    def net(self, seed=0, hidden=3, activation="logistic", recurrent_scale=2.0):
+        """The lecture's net (3 logistic hidden units); ``recurrent_scale`` sets the spread
+        of the random hidden-to-hidden weights (std = scale / sqrt(hidden))."""
         net = RecurrentNet("binary-adder", seed=seed)
         net.add_group("x", 2, role="input")
-        net.add_group("h", hidden, activation="logistic")
+        net.add_group("h", hidden, activation=activation)
         net.add_group("y", 1, activation="logistic", role="output")
         net.connect("x", "h", delay=1, scale=2.0)
-        net.connect("h", "h", delay=1, scale=2.0)
+        net.connect("h", "h", delay=1, scale=recurrent_scale)
         net.connect("h", "y", delay=self.delay - 1, scale=2.0)
         return net
 

@@ -31,14 +31,7 @@ def main(argv=None):
 
     def net_at(scale):
         # the binary-addition layout; only the recurrent weights' scale changes
-        net = rnn.RecurrentNet("binary-adder", seed=args.seed)
-        net.add_group("x", 2, role="input")
-        net.add_group("h", args.hidden, activation=args.activation)
-        net.add_group("y", 1, activation="logistic", role="output")
-        net.connect("x", "h", delay=1)
-        net.connect("h", "h", delay=1, scale=scale)
-        net.connect("h", "y", delay=task.delay - 1)
-        return net
+        return task.net(seed=args.seed, hidden=args.hidden, activation=args.activation, recurrent_scale=scale)
 
     curves = figures.norms_for_scales(net_at, task.steps, data.inputs, data.targets, args.scales, group="h")
     note = (f"Binary-addition net with {args.hidden} {args.activation} hidden units, untrained; hidden-to-hidden "
