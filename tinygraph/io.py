@@ -109,7 +109,7 @@ def open_npz(path, error=PersistError):
 
 
 def member_header(npz, key):
-    """(shape, dtype, fortran_order) of member ``key``, read from its header without reading the data,
+    """(shape, fortran_order, dtype) of member ``key``, read from its header without reading the data,
     so a hostile file cannot make us allocate what it declares."""
     fmt = np.lib.format
     with npz.zip.open(key + ".npy") as f:
@@ -124,7 +124,7 @@ def member_header(npz, key):
 def read_member(npz, key, shape=None, max_entries=None):
     """Read one array after checking its header: numeric, not an object array, and (when given) of
     ``shape`` or at most ``max_entries`` entries.  Raises ValueError saying what is wrong."""
-    got_shape, dtype, _ = member_header(npz, key)
+    got_shape, _, dtype = member_header(npz, key)
     if dtype.hasobject:
         raise ValueError(f"array '{key}' holds pickled Python objects (dtype {dtype}); refusing to unpickle")
     if shape is not None and tuple(got_shape) != tuple(shape):
