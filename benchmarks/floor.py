@@ -57,8 +57,8 @@ class FloorRNN:
     """Hand-written BPTT with preallocated buffers.
 
     ``params`` is copied (in X's dtype); ``X`` and ``Y`` are (T, B, I) arrays of one dtype.
-    ``forward_backward()`` fills ``self.grads`` and returns the loss; ``step()`` also
-    applies SGD.  ``loss_at(params)`` is a plain forward pass for finite differences.
+    ``forward_backward()`` fills the buffers ``self.grad`` and returns the loss; ``grads()``
+    returns copies of them; ``step()`` also applies SGD.  ``loss_at(params)`` is a plain forward pass for finite differences.
     """
 
     name = "numpy floor"
@@ -87,15 +87,15 @@ class FloorRNN:
         self.D = np.empty((T, B, H), dt)        # tanh' = 1 - h^2
         self.R = np.empty((T * B, I), dt)       # outputs, then residuals y - target
         self.carry = np.empty((B, H), dt)       # dE/dh_{t-1} through the recurrence
-        self.grads = {k: np.empty(s, dt) for k, s in shapes.items()}
+        self.grad = {k: np.empty(s, dt) for k, s in shapes.items()}  # gradient buffers
 
     def nbytes(self):
         """Bytes held by this object's preallocated buffers (params and grads included)."""
-        arrs = [self.hs, self.A, self.D, self.R, self.carry, *self.params.values(), *self.grads.values()]
+        arrs = [self.hs, self.A, self.D, self.R, self.carry, *self.params.values(), *self.grad.values()]
         return int(sum(a.nbytes for a in arrs))
 
     def forward_backward(self):
-        p, g = self.params, self.grads
+        p, g = self.params, self.grad
         T, B, H = self.T, self.B, self.H
         Whh = p["h->h"]
         hs, A, D, R, carry = self.hs, self.A, self.D, self.R, self.carry
@@ -138,11 +138,16 @@ class FloorRNN:
         np.sum(A2, axis=0, out=g["bias:h"])
         return loss
 
+    def grads(self):
+        """{param name: dE/dparam} at the current weights (copies; no update)."""
+        self.forward_backward()
+        return {k: v.copy() for k, v in self.grad.items()}
+
     def step(self):
         """One training step: forward, BPTT, SGD update.  Returns the loss before the update."""
         loss = self.forward_backward()
         p, lr = self.params, self.lr
-        for k, gk in self.grads.items():
+        for k, gk in self.grad.items():
             gk *= lr            # the gradient buffers are rewritten next step anyway
             p[k] -= gk
         return loss

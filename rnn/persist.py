@@ -28,8 +28,8 @@ FORMAT = "tinygraph-rnn"
 VERSION = 1
 # Sanity bounds: a damaged or hostile file must fail fast instead of exhausting memory or time.
 MAX_WEIGHT_ENTRIES = 50_000_000  # weights, biases and initial states together
-MAX_GROUPS = 1_000
-MAX_CONNECTIONS = 5_000
+MAX_GROUPS = 256  # connect() re-sorts the groups per delay-0 connection: keep the worst case ~3 s
+MAX_CONNECTIONS = 1_024
 MAX_DELAY = 1_000_000
 MAX_SPEC_BYTES = 64 * 2 ** 20
 MAX_NAME_CHARS = 1_000

@@ -96,6 +96,12 @@ def _cell(content):
     return f'<TR><TD ALIGN="LEFT" BALIGN="LEFT">{content}</TD></TR>'
 
 
+def _edge_label(content):
+    """An HTML edge label kept a few points clear of its edge."""
+    return (f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="3"><TR>'
+            f'<TD ALIGN="LEFT" BALIGN="LEFT">{content}</TD></TR></TABLE>>')
+
+
 def _swatch_row(colour, content):
     """A row led by a small square of ``colour``: how a tied weight's colour shows inside a node."""
     return (f'<TR><TD ALIGN="LEFT" BALIGN="LEFT"><FONT COLOR="{colour}" POINT-SIZE="11">&#9632;</FONT> '
@@ -383,7 +389,7 @@ def _draw_folded(dg, net, colours, check, units, prefix, max_units, max_edges):
                     '<BR ALIGN="LEFT"/>' + _lines(delay_text, "#000000", 9, FONT))
             if err is not None:
                 text += _lines(f"max rel. err {_err(err)}", colour, 9, FONT)
-            dg.edge(gid(c.src), gid(c.dst), label=f"<{text}>", color=colour, style=style, penwidth="2.2",
+            dg.edge(gid(c.src), gid(c.dst), label=_edge_label(text), color=colour, style=style, penwidth="2.2",
                     tooltip=_tip(f"connection {c.name} (the weight '{c.name}'), {delay_text}:\n"
                                  f"step t of {c.dst} reads step t - {c.delay} of {c.src}\n{full_text(W)}"),
                     **{"class": "connection"})
@@ -485,7 +491,8 @@ class _Unrolled:
                 rows.append(_cell(_lines(text, TARGET_COLOUR, 9, FONT)))
                 attrs.update(peripheries="2", color=TARGET_COLOUR)
                 tv = self._value(fnode)
-                tip.append(f"{text.split(' = ')[0]} (fed by {fnode.name})" + (f": {full_text(tv)}" if tv is not None else ""))
+                tip.append(f"{text.split(' = ')[0]} (fed by {fnode.name})"
+                           + (f": {full_text(tv)}" if tv is not None else ""))
         for w, what in ((f"bias:{g}", "bias"), (f"init:{g}", "learned initial state")):
             wnode = self.copy_at.get((w, t))
             if wnode is None:
@@ -552,6 +559,8 @@ class _Unrolled:
                             f"{self.net.weights[bias][i]:.2g}", "#000000", 7, FONT))
                 same.node(self.sid(g, t, i), label=_table(rows), tooltip=_tip("\n".join(tip)), **attrs)
                 ids.append(self.sid(g, t, i))
+            for a, b in zip(ids, ids[1:]):  # units 0, 1, 2 ... left to right
+                same.edge(a, b, style="invis")
         return ids
 
     # ---- edges
@@ -582,7 +591,7 @@ class _Unrolled:
             edge["style"] = "dashed"
             rows.append(_lines("no gradient back (cut)", CUT_COLOUR, 8, FONT))
             tip.append(f"crosses the truncation cut: activity flows forward, no gradient flows back to step {ts}")
-        edge["label"] = "<" + "".join(rows) + ">"
+        edge["label"] = _edge_label("".join(rows))
         edge["tooltip"] = _tip("\n".join(tip))
         return edge
 
@@ -637,21 +646,41 @@ class _Unrolled:
                     dg.edge(self.sid(c.src, ts), self.sid(c.dst, t), **self.copy_edge(c, t, copy))
 
     def draw_time_axis(self, dg):
-        """Invisible edges from each state (unit) to the same one a step later: every layer sits
-        above the one before, even a clamped state that has no incoming edge."""
+        """Invisible edges that stack the layers: each state (unit) to the same one a step later,
+        so that every layer sits above the one before, even a clamped state with no incoming edge.
+        With delay-0 connections a layer spans several ranks; then the top of each layer (groups
+        feeding nothing within the step) also points at the bottom of the next (groups fed by
+        nothing within it), or the layers would drift sideways into a staircase."""
         sizes = {g: (self.net.groups[g].size if self.units else 1) for g in self.groups}
+        shown, gap = self.steps.shown, self.steps.gap
+
         for g in self.groups:
             for i in range(sizes[g]):
                 prev = None
-                for t in self.steps.shown:
+                for t in shown:
                     here = self.sid(g, t, i if self.units else None)
                     if prev is not None:
-                        gap = self.steps.gap is not None and t == self.steps.gap[1] + 1
-                        if gap:
+                        if gap is not None and t == gap[1] + 1:
                             dg.edge(prev, self.gap_id, style="invis")
                             prev = self.gap_id
-                        dg.edge(prev, here, style="invis", weight="4")
+                        dg.edge(prev, here, style="invis", weight="4")  # weight: keep the column straight
                     prev = here
+        zero = [c for c in self.net.connections.values() if c.delay == 0]
+        if zero:
+            tops = [g for g in self.groups if not any(c.src == g and c.dst != g for c in zero)]
+            bottoms = [g for g in self.groups if not any(c.dst == g for c in zero)]
+            first = 0 if self.units else None
+            prev = None
+            for t in shown:
+                if prev is not None:
+                    lower = [self.gap_id] if gap is not None and t == gap[1] + 1 else prev
+                    if lower == [self.gap_id]:
+                        for a in prev:
+                            dg.edge(a, self.gap_id, style="invis")
+                    for a in lower:
+                        for b in bottoms:
+                            dg.edge(a, self.sid(b, t, first), style="invis")
+                prev = [self.sid(g, t, first) for g in tops]
 
     # ---- clusters
     def draw_step(self, dg, t):
@@ -684,10 +713,9 @@ class _Unrolled:
                     else:
                         row.node(self.sid(g, t), **self.state_attrs(g, t, node))
                         chain.append([self.sid(g, t)])
-                links = [sum(chain, [])] if flat else (chain if self.units else [])
-                for ids in links:
-                    for a, b in zip(ids, ids[1:]):
-                        row.edge(a, b, style="invis")
+                if flat:  # (draw_units chains the units inside each group)
+                    for a, b in zip(chain, chain[1:]):
+                        row.edge(a[-1], b[0], style="invis")
 
     def draw_gap(self, dg):
         a, b = self.steps.gap
@@ -727,7 +755,7 @@ class _Unrolled:
 
 # ----------------------------------------------------------------- legend
 
-def _legend(net, colours, em=None, grads=None, check=None, units=False):
+def _legend(net, colours, em=None, grads=None, check=None, units=False, folded_too=False):
     """An HTML-table node: one row per tied weight (colour, name, what it is, its copies, the
     tied gradient, the worst check error), then a key for the other marks the picture uses."""
     head = ["", "weight", "what it is"]
@@ -801,6 +829,8 @@ def _legend(net, colours, em=None, grads=None, check=None, units=False):
             keys.append((None, "- - -", f"truncation cut: no gradient from t >= {em.cut + 1} reaches t <= {em.cut}"))
         if units:
             keys.append((None, "\u2192", "one node per unit, one edge per weight entry (width ~ |w|)"))
+        if folded_too:
+            keys.append((None, "- - \u2192", "dashed (recurrent net): delay >= 1, from step t - d to step t"))
     else:
         keys.append((None, "- - \u2192", "dashed: delay >= 1, from step t - d to step t"))
         if units:
@@ -822,9 +852,9 @@ def _legend(net, colours, em=None, grads=None, check=None, units=False):
 
 # ----------------------------------------------------------------- entry points
 
-def _new_digraph(name, title, caption=None):
+def _new_digraph(name, title, caption=None, ranksep="0.45"):
     dg = graphviz.Digraph(name=re.sub(r"\W+", "_", name) or "net", comment=f"rnn picture of net '{name}'")
-    dg.attr("graph", rankdir="BT", fontname=FONT, labelloc="t", fontsize="14", nodesep="0.35", ranksep="0.45",
+    dg.attr("graph", rankdir="BT", fontname=FONT, labelloc="t", fontsize="14", nodesep="0.35", ranksep=ranksep,
             newrank="true", tooltip=_tip(title or name))
     dg.attr("node", fontname=FONT, fontsize="11")
     dg.attr("edge", fontname=FONT, fontsize="9", arrowsize="0.7")
@@ -910,7 +940,7 @@ def render(net_or_unrolled, acts=None, grads=None, *, units=False, check=None, m
             run_acts = acts if acts is not None else (grads.acts if grads is not None else None)
             if grads is not None and em.loss is not None and em.loss in run_acts:
                 title += f"   (E = {float(run_acts[em.loss]):.4g})"
-    dg = _new_digraph(net.name, title)
+    dg = _new_digraph(net.name, title, ranksep="1.2" if units else "0.45")
     _draw(dg, net_or_unrolled, acts, grads, check, units, max_steps, show_ends, max_units, max_edges)
     return dg
 
@@ -955,7 +985,7 @@ def render_side_by_side(net, steps=None, *, title=None, **kw):
     _, em = _resolve(unrolled, acts, grads)
     if title is None:
         title = f"'{rnet.name}': the recurrent net and the same net unrolled for {em.T} steps"
-    dg = _new_digraph(rnet.name, title, CAPTION)
+    dg = _new_digraph(rnet.name, title, CAPTION, ranksep="1.2" if units else "0.45")
     with dg.subgraph(name="cluster_folded") as left:
         left.attr(label="<<B>recurrent net</B>>", style="rounded", color="#888888", fontsize="13",
                   labelloc="b",  # with rankdir=BT dot flips labelloc: "b" is the top
@@ -969,5 +999,5 @@ def render_side_by_side(net, steps=None, *, title=None, **kw):
         _draw(right, unrolled, acts, grads, check, units, max_steps, show_ends, max_units, max_edges,
               legend=False)
     chk = None if check is None else _Check(check, rnet, em)
-    dg.node("legend", **_legend(rnet, tie_colours(rnet), em, grads, chk, units))
+    dg.node("legend", **_legend(rnet, tie_colours(rnet), em, grads, chk, units, folded_too=True))
     return dg

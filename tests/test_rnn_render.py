@@ -6,9 +6,11 @@ cluster per time step, one stroke colour per tied weight, the labels, the recurr
 """
 
 import html
+import importlib.util
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +354,14 @@ def test_svg_elided_and_side_by_side_and_folded_loop():
     titles = {svg_title(g) for g in svg_groups(root, "cluster")}
     assert {"cluster_folded", "cluster_unrolled"} <= titles
     assert len([t for t in titles if t.startswith("cluster_t")]) == T + 1
+
+
+def test_pictures_script_writes_the_four_pictures(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "visualizations" / "pictures.py"
+    spec = importlib.util.spec_from_file_location("pictures", path)
+    pictures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pictures)
+    assert pictures.main(["--out", str(tmp_path), "--format", "dot"]) == 0  # DOT text: no Graphviz needed
+    names = {"adder_folded", "adder_unrolled", "adder_side_by_side", "adder_units"}
+    assert {p.stem for p in tmp_path.iterdir()} == names
+    assert len(step_clusters((tmp_path / "adder_unrolled.dot").read_text())) == T + 1

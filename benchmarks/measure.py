@@ -1,0 +1,320 @@
+"""Measurement: interleaved timing, gradient agreement, peak memory, build scaling, machine info."""
+
+import datetime
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from .floor import PARAM_NAMES, FloorRNN, default_lr, init_params, make_data
+from .impls import TinygraphRNN, TorchLoopRNN, TorchNNRNN, build_net, numpy_threads, torch_available
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+# gradient agreement with the floor, as max over params of ||g - g_floor|| / ||g_floor||
+GRAD_TOL = {"float64": 1e-9, "float32": 1e-4}
+# losses after the same sequence of SGD steps (same start, same data)
+LOSS_TOL = {"float64": 1e-8, "float32": 1e-3}
+
+
+# ----------------------------------------------------------------- the machine
+
+def machine_info():
+    info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "numpy": np.__version__}
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    info["cpu"] = cpu
+    info["cores"] = os.cpu_count()
+    try:
+        info["cores_usable"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        info["cores_usable"] = os.cpu_count()
+    blas = {}
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg.get("Build Dependencies", {}).get("blas", {})
+        blas = {k: b.get(k) for k in ("name", "version", "openblas configuration") if b.get(k)}
+    except Exception as exc:  # older numpy
+        blas = {"error": str(exc)}
+    try:
+        import threadpoolctl
+        blas["threadpoolctl"] = [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "threading_layer",
+                                                        "architecture")}
+                                 for i in threadpoolctl.threadpool_info()]
+    except Exception:
+        blas["threadpoolctl"] = None
+    blas["threads"] = numpy_threads()
+    info["blas"] = blas
+    if torch_available():
+        import torch
+        info["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads(),
+                         "blas": "MKL" if torch.backends.mkl.is_available() else "other"}
+    else:
+        info["torch"] = None
+    try:
+        info["loadavg_start"] = os.getloadavg()
+    except OSError:
+        info["loadavg_start"] = None
+    return info
+
+
+# ----------------------------------------------------------------- timing
+
+def make_impls(config, dtype, use_torch=True, lr=None, seed=0):
+    """The floor, tinygraph and (optionally) the torch implementations, all from the same start."""
+    dt = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    p = init_params(config.I, config.H, seed=seed, dtype=dt)
+    X, Y = make_data(config.T, config.B, config.I, seed=seed + 1, dtype=dt)
+    lr = default_lr(config.T, config.B) if lr is None else lr
+    classes = [FloorRNN, TinygraphRNN]
+    if use_torch and torch_available():
+        classes += [TorchLoopRNN, TorchNNRNN]
+    return [cls(p, X, Y, lr) for cls in classes]
+
+
+def grad_agreement(impls, dtype):
+    """{impl name: {"max_rel": ..., "per_param": {...}, "ok": bool}} against impls[0] (the floor)."""
+    ref = impls[0].grads()
+    out = {}
+    for impl in impls[1:]:
+        g = impl.grads()
+        per = {}
+        for k in PARAM_NAMES:
+            a = np.asarray(g[k], dtype=np.float64)
+            r = np.asarray(ref[k], dtype=np.float64)
+            if a.shape != r.shape:
+                per[k] = float("inf")
+                continue
+            den = np.linalg.norm(r)
+            per[k] = float(np.linalg.norm(a - r) / den) if den > 0 else float(np.linalg.norm(a))
+        worst = max(per.values())
+        out[impl.name] = {"max_rel": worst, "per_param": per, "ok": bool(worst <= GRAD_TOL[dtype]),
+                          "grad_dtypes": sorted({str(np.asarray(v).dtype) for v in g.values()})}
+    return out
+
+
+def time_interleaved(impls, repeats, warmup=2, pause=0.1, progress=None):
+    """Run one step of each implementation in turn (A B C A B C ...): ``warmup`` rounds untimed,
+    then ``repeats`` timed rounds.  Before each step: a full gc.collect() (so one implementation's
+    garbage is not collected on another's clock) and a ``pause`` (so the BLAS/OpenMP worker threads
+    of the previous runtime stop spinning before the next one starts: on 2 cores they compete).
+    Returns ({name: [seconds]}, {name: [losses, one per step, warm-up included]})."""
+    times = {i.name: [] for i in impls}
+    losses = {i.name: [] for i in impls}
+    for r in range(warmup + repeats):
+        for impl in impls:
+            gc.collect()
+            if pause:
+                time.sleep(pause)
+            t0 = time.perf_counter()
+            loss = impl.step()
+            t1 = time.perf_counter()
+            losses[impl.name].append(float(loss))
+            if r >= warmup:
+                times[impl.name].append(t1 - t0)
+        if progress:
+            progress(r + 1, warmup + repeats)
+    return times, losses
+
+
+def summarize(times):
+    a = np.asarray(times)
+    return {"median_ms": float(np.median(a) * 1e3), "min_ms": float(a.min() * 1e3),
+            "q1_ms": float(np.percentile(a, 25) * 1e3), "q3_ms": float(np.percentile(a, 75) * 1e3),
+            "n": int(a.size)}
+
+
+def bench_config(config, dtype, repeats, warmup=2, use_torch=True, pause=0.1, torch_skip=(), log=print):
+    """Everything for one (config, dtype): agreement, interleaved timing, losses, dtype findings."""
+    impls = make_impls(config, dtype, use_torch=use_torch)
+    impls = [i for i in impls if not (i.name.startswith("torch") and config.name in torch_skip)]
+    res = {"config": config._asdict(), "dtype": dtype, "lr": default_lr(config.T, config.B)}
+    res["agreement"] = grad_agreement(impls, dtype)
+    for name, a in res["agreement"].items():
+        if not a["ok"]:
+            log(f"  !! {config.name}/{dtype}: {name} gradients differ from the floor's: max rel {a['max_rel']:.3g} "
+                f"(tolerance {GRAD_TOL[dtype]:g})")
+    tgi = next(i for i in impls if i.name == "tinygraph")
+    res["tinygraph_dtypes"] = tgi.dtype_report()
+    times, losses = time_interleaved(impls, repeats, warmup=warmup, pause=pause)
+    floor_med = float(np.median(times[impls[0].name]))
+    res["impls"] = {}
+    for impl in impls:
+        s = summarize(times[impl.name])
+        s["ratio"] = float(np.median(times[impl.name]) / floor_med)
+        s["times_ms"] = [t * 1e3 for t in times[impl.name]]
+        res["impls"][impl.name] = s
+    # all implementations took the same SGD steps from the same start: their losses must agree
+    ref = np.asarray(losses[impls[0].name])
+    res["loss_first_last"] = [float(ref[0]), float(ref[-1])]
+    res["loss_agreement"] = {}
+    for impl in impls[1:]:
+        li = np.asarray(losses[impl.name])
+        rel = float(np.max(np.abs(li - ref) / np.abs(ref)))
+        res["loss_agreement"][impl.name] = {"max_rel": rel, "ok": bool(rel <= LOSS_TOL[dtype])}
+        if rel > LOSS_TOL[dtype]:
+            log(f"  !! {config.name}/{dtype}: {impl.name}'s losses over the timed SGD steps drift from the "
+                f"floor's: max rel {rel:.3g}")
+    return res
+
+
+# ----------------------------------------------------------------- memory
+
+def _impl_memory(cls, params, X, Y, lr):
+    """Traced bytes of one implementation (tracemalloc: numpy's data buffers and Python objects).
+
+    Tracing starts before the implementation is built (the data and starting weights exist
+    already and are not counted).  persistent: what it holds between steps (graph, plans,
+    buffers); step_extra: the peak during one training step above that; peak: persistent +
+    step_extra.  numpy_persistent is the part of persistent held in numpy arrays."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        impl = cls(params, X, Y, lr)
+        impl.step()  # warm-up: tinygraph emits the graph and compiles its plan here
+        impl.step()
+        gc.collect()
+        snap = tracemalloc.take_snapshot()
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        impl.step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    dom = np.lib.tracemalloc_domain
+    numpy_held = sum(s.size for s in snap.filter_traces([tracemalloc.DomainFilter(True, dom)]).statistics("filename"))
+    out = {"persistent": held - base, "numpy_persistent": int(numpy_held), "step_extra": peak - held,
+           "peak": peak - base}
+    out["numpy_peak_est"] = out["numpy_persistent"] + out["step_extra"]
+    del impl
+    gc.collect()
+    return out
+
+
+def measure_memory(config, dtype):
+    """Peak traced memory of tinygraph against the floor's (torch allocates outside tracemalloc's view)."""
+    dt = DTYPES[dtype]
+    p = init_params(config.I, config.H, dtype=dt)
+    X, Y = make_data(config.T, config.B, config.I, seed=1, dtype=dt)
+    lr = default_lr(config.T, config.B)
+    floor = _impl_memory(FloorRNN, p, X, Y, lr)
+    tg = _impl_memory(TinygraphRNN, p, X, Y, lr)
+    return {"config": config._asdict(), "dtype": dtype, "floor": floor, "tinygraph": tg,
+            "data_bytes": int(X.nbytes + Y.nbytes),
+            "ratio_peak": tg["peak"] / floor["peak"],
+            "ratio_numpy_est": tg["numpy_peak_est"] / floor["numpy_peak_est"]}
+
+
+# ----------------------------------------------------------------- build scaling
+
+BUILD_NET = dict(H=16, B=1, I=4)
+
+
+def build_probe(T, H, B, I, dtype="float64"):
+    """Run in a fresh process: time building the net, unrolling it, the first run (emits the
+    graph for the run's clamps and targets, compiles the plan, runs forward and backward) and
+    two more runs (forward and backward only), plus one SGD step.  Returns a dict."""
+    import resource
+    import rnn
+    import tinygraph as tg
+    dt = DTYPES[dtype]
+    X, Y = make_data(T, B, I, seed=1, dtype=dt)
+    p = init_params(I, H, dtype=dt)
+    out = {"T": T, "H": H, "B": B, "I": I, "dtype": dtype}
+    t0 = time.perf_counter()
+    net = build_net(I, H)
+    for k in PARAM_NAMES:
+        net.weights[k] = np.array(p[k], dtype=dt)
+    ff = net.unroll(T)
+    t1 = time.perf_counter()
+    inputs, targets = [rnn.Clamp("x", X)], [rnn.Target("y", Y, steps="all")]
+    r = ff.run(inputs, targets)
+    t2 = time.perf_counter()
+    runs = []
+    for _ in range(2):
+        del r
+        gc.collect()
+        a = time.perf_counter()
+        r = ff.run(inputs, targets)
+        runs.append(time.perf_counter() - a)
+    a = time.perf_counter()
+    tg.SGD(r.graph.params, default_lr(T, B)).step(r.grads)
+    sgd_first = time.perf_counter() - a
+    out.update(unroll_s=t1 - t0, first_run_s=t2 - t1, run_s=min(runs), runs_s=runs,
+               sgd_first_step_s=sgd_first, nodes=len(r.graph.nodes), loss=r.loss,
+               build_and_first_run_s=t2 - t0,
+               compile_est_s=(t2 - t1) - min(runs),
+               maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return out
+
+
+def build_scaling(steps=(1_000, 10_000, 100_000), timeout=600, dtype="float64", log=print):
+    """build_probe for each T in its own process (a timeout or crash is recorded, not fatal)."""
+    results = []
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for T in steps:
+        args = dict(BUILD_NET, T=T, dtype=dtype)
+        code = ("import json, sys; from benchmarks.measure import build_probe; "
+                f"print('RESULT ' + json.dumps(build_probe(**{args!r})))")
+        a = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                                  timeout=timeout, env=dict(os.environ, PYTHONPATH=root + os.pathsep +
+                                                            os.environ.get("PYTHONPATH", "")))
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode == 0 and line:
+                r = json.loads(line[-1][len("RESULT "):])
+            else:
+                r = dict(args, error=f"exit {proc.returncode}: {proc.stderr.strip()[-800:]}")
+        except subprocess.TimeoutExpired:
+            r = dict(args, error=f"timeout after {timeout} s")
+        r["wall_s"] = time.perf_counter() - a
+        results.append(r)
+        if "error" in r:
+            log(f"  T={T}: {r['error']}")
+        else:
+            log(f"  T={T:>7}: unroll {r['unroll_s']:.2f} s, first run {r['first_run_s']:.2f} s, "
+                f"run {r['run_s']:.2f} s, total {r['build_and_first_run_s'] + r['run_s']:.2f} s, "
+                f"{r['nodes']} nodes, max RSS {r['maxrss_mb']:.0f} MB")
+    ok = [r for r in results if "error" not in r]
+    if len(ok) >= 2:
+        a, b = ok[0], ok[-1]
+        for key in ("unroll_s", "first_run_s", "run_s"):
+            per_a, per_b = a[key] / a["T"], b[key] / b["T"]
+            a.setdefault("per_step_growth", {})
+            b.setdefault("per_step_growth", {})[key] = per_b / per_a if per_a > 0 else None
+    return results
+
+
+# ----------------------------------------------------------------- profile
+
+def profile_tinygraph(config, dtype="float64", top=15):
+    """cProfile of one tinygraph training step (after warm-up); returns the stats text."""
+    import cProfile
+    import io
+    import pstats
+    impl = make_impls(config, dtype, use_torch=False)[1]
+    impl.step()
+    impl.step()
+    pr = cProfile.Profile()
+    pr.enable()
+    impl.step()
+    pr.disable()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
+    return s.getvalue()
