@@ -31,10 +31,12 @@ def parse_args(argv):
     ap.add_argument("--dtype", choices=("float32", "float64", "both"), default="both")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed steps per implementation after warm-up (default 10; 3 with --quick)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps per implementation first (default 2)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed rounds before the timed ones (default 1)")
+    ap.add_argument("--prime", type=int, default=1,
+                    help="untimed steps of an implementation right before each of its timed steps (default 1)")
     ap.add_argument("--pause", type=float, default=None,
                     help="seconds of idle before each timed step, so the other runtime's BLAS/OpenMP threads stop "
-                         "spinning (default 0.1; 0 with --quick)")
+                         "spinning (default 0.1 when PyTorch runs, else 0)")
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="where to write the JSON results (default benchmarks/results.json)")
     ap.add_argument("--results", default=None, metavar="PATH",
@@ -66,10 +68,9 @@ def parse_args(argv):
     a.table = table
     a.dtypes = ["float32", "float64"] if a.dtype == "both" else [a.dtype]
     a.repeats = a.repeats if a.repeats is not None else (3 if a.quick else 10)
-    a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
-    a.pause = a.pause if a.pause is not None else (0.0 if a.quick else 0.1)
-    if a.repeats < 1 or a.warmup < 0 or a.pause < 0:
-        ap.error("--repeats must be >= 1, --warmup and --pause >= 0")
+    a.warmup = a.warmup if a.warmup is not None else 1
+    if a.repeats < 1 or a.warmup < 0 or (a.pause or 0) < 0 or a.prime < 0:
+        ap.error("--repeats must be >= 1, --warmup, --prime and --pause >= 0")
     if a.profile and a.profile not in table:
         ap.error(f"--profile: unknown config {a.profile!r}")
     steps = a.build_steps or ("100,1000" if a.quick else "1000,10000,100000")
@@ -92,10 +93,12 @@ def findings(results):
         if d["upcast"]:
             out.append("tinygraph silently upcasts float32 to float64: with float32 net.weights and float32 "
                        f"clamp/target data, the states are {d['states h']} and out.weight_grads are "
-                       f"{sorted(set(d['weight_grads'].values()))}; first float64 node: "
-                       f"{d['first node of each dtype'].get('float64', '?')}. net.weights stay float32 (SGD "
-                       "writes float64 steps into them). So tinygraph's float32 rows compute in float64 while "
-                       "the floor and torch compute in float32.")
+                       f"{sorted(set(d['weight_grads'].values()))}; the fed inputs are {d['fed inputs']} (the rnn "
+                       "data layer, rnn/data.py _values, converts Clamp and Target values with "
+                       "np.asarray(values, dtype=np.float64)); first non-empty float64 node: "
+                       f"{d['first non-empty node of each dtype'].get('float64', '?')}. net.weights stay float32 "
+                       "(SGD subtracts float64 steps from them in place). So tinygraph's float32 rows compute "
+                       "mostly in float64 while the floor and torch compute in float32.")
         else:
             out.append("tinygraph keeps float32 throughout (states and weight gradients are float32).")
     bad = [(r["config"]["name"], r["dtype"], n, a["max_rel"]) for r in results
@@ -108,6 +111,8 @@ def findings(results):
 def main(argv=None):
     a = parse_args(sys.argv[1:] if argv is None else argv)
     use_torch = not a.no_torch and torch_available()
+    if a.pause is None:
+        a.pause = 0.1 if use_torch else 0.0
     if not a.no_torch and not use_torch:
         print("(torch is not installed: PyTorch rows omitted)")
     info = machine_info()
@@ -121,14 +126,14 @@ def main(argv=None):
             t0 = time.perf_counter()
             print(f"{cfg.name} (H={cfg.H}, B={cfg.B}, T={cfg.T}, I={cfg.I}) {dtype} ...", flush=True)
             res = bench_config(cfg, dtype, a.repeats, warmup=a.warmup, use_torch=use_torch, pause=a.pause,
-                               torch_skip=a.torch_skip)
+                               prime=a.prime, torch_skip=a.torch_skip)
             failed |= not all(x["ok"] for x in res["agreement"].values())
             failed |= not all(x["ok"] for x in res["loss_agreement"].values())
             results.append(res)
             print(text_table([res]).split("\n", 2)[2].rstrip() + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
     payload = {"command": "python -m benchmarks " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
                "machine": info, "quick": a.quick,
-               "options": {"repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "torch": use_torch,
+               "options": {"repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
                            "torch_skip": sorted(a.torch_skip)},
                "results": results, "findings": findings(results)}
     if a.memory:

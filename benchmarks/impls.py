@@ -80,14 +80,18 @@ class TinygraphRNN:
         first = {}
         for node in out.graph.nodes:
             try:
-                v = out.acts[node]
+                v = np.asarray(out.acts[node])
             except Exception:
                 continue
-            dt = str(np.asarray(v).dtype)
+            dt = str(v.dtype)
             counts[dt] = counts.get(dt, 0) + 1
-            first.setdefault(dt, f"{node.name} ({node.op})")
+            if v.size:
+                first.setdefault(dt, f"{node.name} ({node.op})")
         rep["node values by dtype"] = counts
-        rep["first node of each dtype"] = first
+        rep["first non-empty node of each dtype"] = first
+        fed = [n for n in out.graph.nodes if n.op == "input" and n.name.startswith(("x@t", "target["))]
+        rep["fed inputs"] = sorted({f"{n.name.split('@')[0].split('[')[0]}: {np.asarray(out.acts[n]).dtype}"
+                                    for n in fed if n in out.acts})
         rep["upcast"] = any(d != str(self.dtype) for d in
                             [rep["states h"], rep["states y"], *rep["weight_grads"].values()])
         return rep

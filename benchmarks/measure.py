@@ -107,12 +107,18 @@ def grad_agreement(impls, dtype):
     return out
 
 
-def time_interleaved(impls, repeats, warmup=2, pause=0.1, progress=None):
-    """Run one step of each implementation in turn (A B C A B C ...): ``warmup`` rounds untimed,
-    then ``repeats`` timed rounds.  Before each step: a full gc.collect() (so one implementation's
-    garbage is not collected on another's clock) and a ``pause`` (so the BLAS/OpenMP worker threads
-    of the previous runtime stop spinning before the next one starts: on 2 cores they compete).
-    Returns ({name: [seconds]}, {name: [losses, one per step, warm-up included]})."""
+def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, progress=None):
+    """Interleaved timing: rounds of one run of each implementation in turn (A B C A B C ...),
+    ``warmup`` rounds untimed, then ``repeats`` timed rounds.
+
+    One run of an implementation: a full gc.collect() (so one implementation's garbage is not
+    collected on another's clock), a ``pause`` (so the BLAS/OpenMP worker threads of the previous
+    runtime stop spinning: on 2 cores they take a core from the next one), ``prime`` untimed steps
+    (caches and thread pools warm with this implementation's working set, as in a training loop,
+    where step follows step) and then the one timed step.  Every implementation takes the same
+    number of SGD steps, so their losses can be compared step by step.
+
+    Returns ({name: [seconds of each timed step]}, {name: [loss of every step taken]})."""
     times = {i.name: [] for i in impls}
     losses = {i.name: [] for i in impls}
     for r in range(warmup + repeats):
@@ -120,6 +126,8 @@ def time_interleaved(impls, repeats, warmup=2, pause=0.1, progress=None):
             gc.collect()
             if pause:
                 time.sleep(pause)
+            for _ in range(prime):
+                losses[impl.name].append(float(impl.step()))
             t0 = time.perf_counter()
             loss = impl.step()
             t1 = time.perf_counter()
@@ -138,7 +146,7 @@ def summarize(times):
             "n": int(a.size)}
 
 
-def bench_config(config, dtype, repeats, warmup=2, use_torch=True, pause=0.1, torch_skip=(), log=print):
+def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, prime=1, torch_skip=(), log=print):
     """Everything for one (config, dtype): agreement, interleaved timing, losses, dtype findings."""
     impls = make_impls(config, dtype, use_torch=use_torch)
     impls = [i for i in impls if not (i.name.startswith("torch") and config.name in torch_skip)]
@@ -150,7 +158,7 @@ def bench_config(config, dtype, repeats, warmup=2, use_torch=True, pause=0.1, to
                 f"(tolerance {GRAD_TOL[dtype]:g})")
     tgi = next(i for i in impls if i.name == "tinygraph")
     res["tinygraph_dtypes"] = tgi.dtype_report()
-    times, losses = time_interleaved(impls, repeats, warmup=warmup, pause=pause)
+    times, losses = time_interleaved(impls, repeats, warmup=warmup, pause=pause, prime=prime)
     floor_med = float(np.median(times[impls[0].name]))
     res["impls"] = {}
     for impl in impls:

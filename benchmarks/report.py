@@ -103,8 +103,10 @@ def results_md(payload):
         L.append(f"- load average at start {la[0]:.2f}, at end {lb[0]:.2f}" if lb else
                  f"- load average at start {la[0]:.2f}")
     o = payload["options"]
-    L.append(f"- {o['repeats']} timed steps per implementation after {o['warmup']} warm-up steps, "
-             f"{o['pause']} s pause and gc.collect() before each step (outside the timer)")
+    L.append(f"- {o['repeats']} timed steps per implementation after {o['warmup']} warm-up round(s); before each "
+             f"timed step, outside the timer: gc.collect(), a {o['pause']} s pause (the previous runtime's "
+             f"BLAS/OpenMP threads stop spinning) and {o.get('prime', 0)} untimed step(s) of the same "
+             "implementation (caches warm, as in a training loop)")
     L.append("")
     L.append("## Step time (median ms) and ratio to the floor")
     L.append("")

@@ -84,7 +84,7 @@ def _index_html(out, title, summary_lines, items):
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
              "figure{margin:2em 0;border-top:1px solid #ddd;padding-top:1em}figcaption{margin:.5em 0 1em;"
-             "line-height:1.4}img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;"
+             "line-height:1.4}img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap;"
              "overflow-x:auto}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              "<p><b>A recurrent net is a feed-forward net with one layer per time step whose weights are "

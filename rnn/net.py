@@ -94,6 +94,8 @@ class RecurrentNet:
             raise NetError(f"group '{name}': activation must be one of {ACTIVATIONS}, got {activation!r}")
         if bias is None:
             bias = role != "input"
+        if not isinstance(bias, (bool, np.bool_)):
+            raise NetError(f"group '{name}': bias must be True or False, got {bias!r}")
         group = Group(name, int(size), activation, role, bool(bias), None)
         self.groups[name] = group
         try:
@@ -119,7 +121,13 @@ class RecurrentNet:
             # a small random start, as the lecture suggests, around the unit's resting value
             self.weights[f"init:{name}"] = group.default_initial() + 0.1 * self._rng.standard_normal(group.size)
         else:
-            arr = np.asarray(initial, dtype=np.float64)
+            if isinstance(initial, (bool, np.bool_)):
+                raise NetError(f"group '{name}': initial must be a number, an array, 'zero' or 'learned', not a bool")
+            try:
+                arr = np.asarray(initial, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise NetError(f"group '{name}': the initial state must be a number or an array of "
+                               f"{group.size} numbers, got {initial!r}") from None
             if arr.ndim == 0:
                 group.initial = float(arr)
             elif arr.shape == (group.size,):
@@ -152,8 +160,10 @@ class RecurrentNet:
             name = f"{src}->{dst}"
             if name in self.connections:
                 name = f"{src}->{dst}[d{delay}]"
-        if name in self.connections:
-            raise NetError(f"net '{self.name}' already has a connection named '{name}'; pass name=")
+        if not isinstance(name, str) or not name:
+            raise NetError(f"connection {src}->{dst}: name must be a non-empty string, got {name!r}")
+        if name in self.weights:
+            raise NetError(f"net '{self.name}' already has a weight named '{name}'; pass another name=")
         if weight is None:
             weight = self._rng.standard_normal((s.size, d.size)) * (scale / np.sqrt(s.size))
         else:
@@ -196,8 +206,9 @@ class RecurrentNet:
         G.add_nodes_from(self.groups)
         G.add_edges_from((c.src, c.dst) for c in self.connections.values() if c.delay == 0)
         try:
-            # lexicographic: the same order every run
-            return list(nx.lexicographical_topological_sort(G, key=list(self.groups).index))
+            # in the order the groups were added: the same order every run
+            position = {g: i for i, g in enumerate(self.groups)}
+            return list(nx.lexicographical_topological_sort(G, key=position.__getitem__))
         except nx.NetworkXUnfeasible:
             cycle = nx.find_cycle(G)
             path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])

@@ -4,6 +4,7 @@ with a clear GraphError (never another exception, never by running code)."""
 import io
 import json
 import os
+import re
 import time
 import zipfile
 
@@ -53,7 +54,7 @@ def data(batch=3, seed=0):
 def raises_clear(cls, *fragments):
     """pytest.raises that also requires a GraphError whose message holds every fragment."""
     assert issubclass(cls, tg.GraphError)
-    return pytest.raises(cls, match="(?s)" + "".join(f"(?=.*{__import__('re').escape(f)})" for f in fragments))
+    return pytest.raises(cls, match="(?s)" + "".join(f"(?=.*{re.escape(f)})" for f in fragments))
 
 
 # ----------------------------------------------------------------- round trips
