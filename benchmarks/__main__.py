@@ -17,7 +17,7 @@ import time
 from . import CONFIGS, QUICK_CONFIGS
 from .impls import torch_available
 from .measure import (BUILD_NET, bench_config, build_scaling, machine_info, measure_memory,
-                      profile_tinygraph)
+                      profile_tinygraph, wait_idle)
 from .report import results_md, text_table, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -42,6 +42,8 @@ def parse_args(argv):
     ap.add_argument("--results", default=None, metavar="PATH",
                     help="where to write the markdown results (default benchmarks/RESULTS.md; not written with "
                          "--quick unless given)")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                    help="before each config, wait up to this long for other processes to leave the cores idle")
     ap.add_argument("--quick", action="store_true", help="tiny sizes of every config (a smoke run)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch implementations")
     ap.add_argument("--torch-skip", default="", metavar="CONFIGS",
@@ -125,15 +127,20 @@ def main(argv=None):
         for dtype in a.dtypes:
             t0 = time.perf_counter()
             print(f"{cfg.name} (H={cfg.H}, B={cfg.B}, T={cfg.T}, I={cfg.I}) {dtype} ...", flush=True)
+            if a.wait_idle:
+                wait_idle(a.wait_idle)
             res = bench_config(cfg, dtype, a.repeats, warmup=a.warmup, use_torch=use_torch, pause=a.pause,
                                prime=a.prime, torch_skip=a.torch_skip)
             failed |= not all(x["ok"] for x in res["agreement"].values())
             failed |= not all(x["ok"] for x in res["loss_agreement"].values())
             results.append(res)
-            print(text_table([res]).split("\n", 2)[2].rstrip() + f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+            load = res.get("other_load")
+            print(text_table([res]).split("\n", 2)[2].rstrip() + f"   ({time.perf_counter() - t0:.0f} s"
+                  + (f"; other processes kept {load:.2f} cores busy meanwhile" if load is not None else "") + ")",
+                  flush=True)
     payload = {"command": "python -m benchmarks " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
                "machine": info, "quick": a.quick,
-               "options": {"repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
+               "options": {"wait_idle": a.wait_idle, "repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
                            "torch_skip": sorted(a.torch_skip)},
                "results": results, "findings": findings(results)}
     if a.memory:

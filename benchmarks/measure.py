@@ -72,6 +72,54 @@ def machine_info():
     return info
 
 
+# ----------------------------------------------------------------- other processes' load
+
+def _cpu_busy_s():
+    """Seconds of CPU time all processes spent (busy jiffies in /proc/stat); None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(x) for x in parts[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_cpu_s():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadMeter:
+    """How many cores *other* processes kept busy while we measured (machine busy minus our own CPU)."""
+
+    def __init__(self):
+        self.wall, self.busy, self.own = time.perf_counter(), _cpu_busy_s(), _own_cpu_s()
+
+    def others(self):
+        busy = _cpu_busy_s()
+        if busy is None or self.busy is None:
+            return None
+        wall = time.perf_counter() - self.wall
+        return max(0.0, ((busy - self.busy) - (_own_cpu_s() - self.own)) / wall) if wall > 0 else None
+
+
+def wait_idle(max_wait, threshold=0.2, window=1.0, log=print):
+    """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` cores over
+    ``window`` s.  Returns the last reading (cores busy with other work), None when unknown."""
+    deadline = time.perf_counter() + max_wait
+    said = False
+    while True:
+        m = LoadMeter()
+        time.sleep(window)
+        load = m.others()
+        if load is None or load < threshold or time.perf_counter() >= deadline:
+            return load
+        if not said:
+            log(f"  (other processes keep {load:.1f} cores busy; waiting up to {max_wait:.0f} s for the machine to be idle)")
+            said = True
+
+
 # ----------------------------------------------------------------- timing
 
 def make_impls(config, dtype, use_torch=True, lr=None, seed=0):
@@ -158,7 +206,9 @@ def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, pr
                 f"(tolerance {GRAD_TOL[dtype]:g})")
     tgi = next(i for i in impls if i.name == "tinygraph")
     res["tinygraph_dtypes"] = tgi.dtype_report()
+    meter = LoadMeter()
     times, losses = time_interleaved(impls, repeats, warmup=warmup, pause=pause, prime=prime)
+    res["other_load"] = meter.others()
     floor_med = float(np.median(times[impls[0].name]))
     res["impls"] = {}
     for impl in impls:

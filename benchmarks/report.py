@@ -111,8 +111,8 @@ def results_md(payload):
     L.append("## Step time (median ms) and ratio to the floor")
     L.append("")
     L.append("| config (H, B, T, I) | dtype | floor ms | tinygraph ms | tinygraph ratio | goal | met | "
-             "torch loop | torch nn.RNN | faster than torch |")
-    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|")
+             "torch loop | torch nn.RNN | faster than torch | others' load |")
+    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|")
     for res in payload["results"]:
         c = res["config"]
         imp = res["impls"]
@@ -123,7 +123,12 @@ def results_md(payload):
         L.append(f"| {c['name']} ({c['H']}, {c['B']}, {c['T']}, {c['I']}) | {res['dtype']} | {_fmt_ms(fl)} | "
                  f"{_fmt_ms(tg) if tg else '–'} | **{tg['ratio']:.2f}x** | <= {goal:g}x | "
                  f"{'yes' if met else '**no**'} | {cell('torch loop')} | {cell('torch nn.RNN')} | "
-                 f"{'–' if faster is None else ('yes' if faster else '**no**')} |")
+                 f"{'–' if faster is None else ('yes' if faster else '**no**')} | "
+                 f"{'?' if res.get('other_load') is None else format(res['other_load'], '.2f')} |")
+    L.append("")
+    L.append("torch columns: median ms (ratio to the floor). others' load: cores kept busy by other processes "
+             "while that row was measured (from /proc/stat, our own CPU time subtracted); on this 2-core machine "
+             "anything well above 0 slows the 2-thread BLAS and OpenMP runs and makes that row noisy.")
     L.append("")
     L.append("The issue's reference ratios (float32, 2 cores, against its floor): "
              + "; ".join(f"{k} " + " / ".join(f"{v[c]:g}x" for c in ("tiny", "medium", "large", "long"))
