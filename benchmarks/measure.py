@@ -24,7 +24,7 @@ LOSS_TOL = {"float64": 1e-8, "float32": 1e-3}
 
 # ----------------------------------------------------------------- the machine
 
-def machine_info():
+def machine_info(use_torch=True):
     info = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "python": platform.python_version(), "platform": platform.platform(),
             "numpy": np.__version__}
@@ -59,7 +59,7 @@ def machine_info():
         blas["threadpoolctl"] = None
     blas["threads"] = numpy_threads()
     info["blas"] = blas
-    if torch_available():
+    if use_torch and torch_available():
         import torch
         info["torch"] = {"version": torch.__version__, "threads": torch.get_num_threads(),
                          "blas": "MKL" if torch.backends.mkl.is_available() else "other"}

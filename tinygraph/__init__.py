@@ -8,13 +8,12 @@ from .errors import (ConstraintError, FeedError, GraphError, NodeTypeError, NonF
 from .graph import Graph
 from .node import Node
 from .autodiff import Activations, Gradients
-from .ops import (add, concat, cross_entropy, div, exp, getitem, log, log_softmax, logistic, matmul, mean, mul,
-                  neg, pow, relu, reshape, sigmoid, softmax, squared_error, stop_gradient, sub, sum, tanh,
-                  transpose, clamp, defop, add_n, identity,
-                  weighted_squared_error, broadcast_like)
-from .check import check_gradients, GradientCheck
+from .ops import (add, add_n, broadcast_like, clamp, concat, cross_entropy, defop, div, exp, getitem, identity,
+                  log, log_softmax, logistic, matmul, mean, mul, neg, pow, relu, reshape, sigmoid, softmax,
+                  squared_error, stop_gradient, sub, sum, tanh, transpose, weighted_squared_error)
+from .check import GradientCheck, check_gradients
+from .optim import SGD, Adam, Optimizer
+from .io import PersistError, load_params, save_params
+from .render import render
 
 __version__ = "0.1.0"
-from .optim import SGD, Adam, Optimizer
-from .render import render
-from .io import save_params, load_params, PersistError

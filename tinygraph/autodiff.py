@@ -342,7 +342,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
         if check_finite and _not_finite(g):
             _nonfinite_grad(nodes[index])
         ins = None
-        for j, vjp in vjps:
+        for j, vjp, t in vjps:
             if vjp is passthrough:
                 gi = g
             else:
@@ -354,7 +354,6 @@ def backward_pass(acts, loss, seed, check_finite=False):
             shape = values[j].shape
             if gi.shape != shape:
                 gi = unbroadcast(gi, shape)
-            t = tied.get(j)
             if t is not None:
                 cur = tsum.get(id(t))
                 if cur is None:

@@ -71,9 +71,13 @@ def get(name):
 
 def unbroadcast(grad, shape):
     """Sum a gradient of a broadcast shape back to ``shape`` (the input's)."""
-    grad = np.asarray(grad)
-    if grad.shape == tuple(shape):
+    gshape = np.shape(grad)
+    shape = tuple(shape)
+    if gshape == shape:
         return grad
+    if gshape[1:] == shape:  # the common case: one leading (batch or time) axis to sum away
+        return np.add.reduce(grad, axis=0)
+    grad = np.asarray(grad)
     extra = grad.ndim - len(shape)
     if extra > 0:
         grad = grad.sum(axis=tuple(range(extra)))

@@ -231,7 +231,8 @@ class Plan:
             op = _ops.get(n.op)
             in_idx = tuple(i.index for i in n.inputs)
             fwd = partial(op.forward, **n.attrs) if n.attrs else op.forward
-            vjps = tuple((j, _bound_vjp(op, pos, n.attrs)) for pos, j in enumerate(in_idx))
+            # (input index, bound VJP, tie group or None): the backward loop looks nothing up
+            vjps = tuple((j, _bound_vjp(op, pos, n.attrs), self.tied.get(j)) for pos, j in enumerate(in_idx))
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
         self.steps = steps
         self._consumers = None
