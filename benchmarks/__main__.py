@@ -44,7 +44,12 @@ def parse_args(argv):
                     help="where to write the markdown results (default benchmarks/RESULTS.md; not written with "
                          "--quick unless given)")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                    help="before each config, wait up to this long for other processes to leave the cores idle")
+                    help="on a shared machine: before each timed round wait up to this long for other processes to "
+                         "leave the cores idle, and redo rounds during which they did not (default 0: off)")
+    ap.add_argument("--idle-threshold", type=float, default=0.25, metavar="CORES",
+                    help="with --wait-idle: other processes' CPU use (in cores) that counts as idle (default 0.25)")
+    ap.add_argument("--max-discard", type=int, default=None,
+                    help="with --wait-idle: at most this many rounds redone per config and dtype (default 3 x repeats)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes of every config (a smoke run)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch implementations")
     ap.add_argument("--torch-skip", default="", metavar="CONFIGS",
@@ -139,20 +144,23 @@ def _main(a, argv):
         for dtype in a.dtypes:
             t0 = time.perf_counter()
             print(f"{cfg.name} (H={cfg.H}, B={cfg.B}, T={cfg.T}, I={cfg.I}) {dtype} ...", flush=True)
+            idle = None
             if a.wait_idle:
-                wait_idle(a.wait_idle)
+                wait_idle(a.wait_idle, threshold=a.idle_threshold)
+                idle = (a.idle_threshold, a.wait_idle,
+                        3 * a.repeats if a.max_discard is None else a.max_discard)
             res = bench_config(cfg, dtype, a.repeats, warmup=a.warmup, use_torch=use_torch, pause=a.pause,
-                               prime=a.prime, torch_skip=a.torch_skip)
+                               prime=a.prime, idle=idle, torch_skip=a.torch_skip)
             failed |= not all(x["ok"] for x in res["agreement"].values())
             failed |= not all(x["ok"] for x in res["loss_agreement"].values())
             results.append(res)
             load = res.get("other_load")
             print(text_table([res]).split("\n", 2)[2].rstrip() + f"   ({time.perf_counter() - t0:.0f} s"
-                  + (f"; other processes kept {load:.2f} cores busy meanwhile" if load is not None else "") + ")",
-                  flush=True)
+                  + (f"; other processes: {load:.2f} cores busy (median of rounds), "
+                     f"{res['rounds_discarded']} rounds redone" if load is not None else "") + ")", flush=True)
     payload = {"command": "python -m benchmarks " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
                "machine": info, "quick": a.quick,
-               "options": {"wait_idle": a.wait_idle, "repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
+               "options": {"wait_idle": a.wait_idle, "idle_threshold": a.idle_threshold, "repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
                            "torch_skip": sorted(a.torch_skip)},
                "results": results, "findings": findings(results)}
     if a.memory:

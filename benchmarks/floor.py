@@ -13,7 +13,8 @@ It is written to be as fast as numpy allows, so that ratios against it mean
 something: the input projection of all steps is one ``(T*B, I) @ (I, H)`` matmul
 outside the time loop, the output projection and its gradients are one matmul
 each, only the recurrence runs in Python loops (three numpy calls per step each
-way), every buffer is allocated once, and everything stays in the dtype of the
+way, ``np.dot`` into preallocated rows, the transposed recurrent weight made
+contiguous once per step), every buffer is allocated once, and everything stays in the dtype of the
 inputs.  Parameter names are those of ``rnn.RecurrentNet`` (see ``PARAM_NAMES``).
 """
 
@@ -87,11 +88,12 @@ class FloorRNN:
         self.D = np.empty((T, B, H), dt)        # tanh' = 1 - h^2
         self.R = np.empty((T * B, I), dt)       # outputs, then residuals y - target
         self.carry = np.empty((B, H), dt)       # dE/dh_{t-1} through the recurrence
+        self.WhhT = np.empty((H, H), dt)        # W[h->h] transposed, contiguous (BLAS is faster on it)
         self.grad = {k: np.empty(s, dt) for k, s in shapes.items()}  # gradient buffers
 
     def nbytes(self):
         """Bytes held by this object's preallocated buffers (params and grads included)."""
-        arrs = [self.hs, self.A, self.D, self.R, self.carry, *self.params.values(), *self.grad.values()]
+        arrs = [self.hs, self.A, self.D, self.R, self.carry, self.WhhT, *self.params.values(), *self.grad.values()]
         return int(sum(a.nbytes for a in arrs))
 
     def forward_backward(self):
@@ -104,10 +106,10 @@ class FloorRNN:
         np.matmul(self.X2, p["x->h"], out=A2)
         A2 += p["bias:h"]
         hs[0] = p["init:h"]
-        matmul, tanh = np.matmul, np.tanh
+        dot, tanh = np.dot, np.tanh   # np.dot: less call overhead than np.matmul on small 2-d arrays
         for t in range(T):
             h = hs[t + 1]
-            matmul(hs[t], Whh, out=h)
+            dot(hs[t], Whh, out=h)
             h += A[t]
             tanh(h, out=h)
         H2 = hs[1:].reshape(T * B, H)
@@ -123,15 +125,16 @@ class FloorRNN:
         np.multiply(H2, H2, out=D.reshape(T * B, H))
         np.subtract(1, D, out=D)
         # through time: only the recurrence in the loop
-        WhhT = Whh.T
+        WhhT = self.WhhT
+        np.copyto(WhhT, Whh.T)
         A[T - 1] *= D[T - 1]
         multiply = np.multiply
         for t in range(T - 1, 0, -1):
-            matmul(A[t], WhhT, out=carry)
+            dot(A[t], WhhT, out=carry)
             a = A[t - 1]
             a += carry
             multiply(a, D[t - 1], out=a)
-        matmul(A[0], WhhT, out=carry)
+        dot(A[0], WhhT, out=carry)
         np.sum(carry, axis=0, out=g["init:h"])
         np.matmul(hs[:-1].reshape(T * B, H).T, A2, out=g["h->h"])
         np.matmul(self.X2.T, A2, out=g["x->h"])

@@ -104,7 +104,7 @@ class LoadMeter:
         return max(0.0, ((busy - self.busy) - (_own_cpu_s() - self.own)) / wall) if wall > 0 else None
 
 
-def wait_idle(max_wait, threshold=0.2, window=1.0, log=print):
+def wait_idle(max_wait, threshold=0.25, window=1.0, log=print):
     """Wait (at most ``max_wait`` s) until other processes use less than ``threshold`` cores over
     ``window`` s.  Returns the last reading (cores busy with other work), None when unknown."""
     deadline = time.perf_counter() + max_wait
@@ -115,7 +115,7 @@ def wait_idle(max_wait, threshold=0.2, window=1.0, log=print):
         load = m.others()
         if load is None or load < threshold or time.perf_counter() >= deadline:
             return load
-        if not said:
+        if not said and log:
             log(f"  (other processes keep {load:.1f} cores busy; waiting up to {max_wait:.0f} s for the machine to be idle)")
             said = True
 
@@ -155,7 +155,7 @@ def grad_agreement(impls, dtype):
     return out
 
 
-def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, progress=None):
+def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, idle=None, progress=None):
     """Interleaved timing: rounds of one run of each implementation in turn (A B C A B C ...),
     ``warmup`` rounds untimed, then ``repeats`` timed rounds.
 
@@ -166,10 +166,21 @@ def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, progress=None
     where step follows step) and then the one timed step.  Every implementation takes the same
     number of SGD steps, so their losses can be compared step by step.
 
-    Returns ({name: [seconds of each timed step]}, {name: [loss of every step taken]})."""
+    ``idle``: None, or (threshold, max_wait, max_discard): on a shared machine, wait (up to
+    max_wait s) before each round until other processes use fewer than ``threshold`` cores, and
+    discard a round during which they used more (at most ``max_discard`` rounds; after that the
+    rounds count whatever the load).
+
+    Returns ({name: [seconds of each timed step]}, {name: [loss of every step taken]}, stats)."""
     times = {i.name: [] for i in impls}
     losses = {i.name: [] for i in impls}
-    for r in range(warmup + repeats):
+    stats = {"discarded": 0, "round_loads": []}
+    r = 0
+    while r < warmup + repeats:
+        if idle and r >= warmup:
+            wait_idle(idle[1], threshold=idle[0], window=0.3, log=None)
+        meter = LoadMeter()
+        round_times = {}
         for impl in impls:
             gc.collect()
             if pause:
@@ -180,11 +191,19 @@ def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, progress=None
             loss = impl.step()
             t1 = time.perf_counter()
             losses[impl.name].append(float(loss))
-            if r >= warmup:
-                times[impl.name].append(t1 - t0)
+            round_times[impl.name] = t1 - t0
+        load = meter.others()
+        if r >= warmup:
+            if idle and load is not None and load > idle[0] and stats["discarded"] < idle[2]:
+                stats["discarded"] += 1
+                continue
+            stats["round_loads"].append(load)
+            for name, t in round_times.items():
+                times[name].append(t)
+        r += 1
         if progress:
-            progress(r + 1, warmup + repeats)
-    return times, losses
+            progress(r, warmup + repeats)
+    return times, losses, stats
 
 
 def summarize(times):
@@ -194,7 +213,8 @@ def summarize(times):
             "n": int(a.size)}
 
 
-def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, prime=1, torch_skip=(), log=print):
+def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, prime=1, idle=None, torch_skip=(),
+                 log=print):
     """Everything for one (config, dtype): agreement, interleaved timing, losses, dtype findings."""
     impls = make_impls(config, dtype, use_torch=use_torch)
     impls = [i for i in impls if not (i.name.startswith("torch") and config.name in torch_skip)]
@@ -207,8 +227,12 @@ def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, pr
     tgi = next(i for i in impls if i.name == "tinygraph")
     res["tinygraph_dtypes"] = tgi.dtype_report()
     meter = LoadMeter()
-    times, losses = time_interleaved(impls, repeats, warmup=warmup, pause=pause, prime=prime)
-    res["other_load"] = meter.others()
+    times, losses, stats = time_interleaved(impls, repeats, warmup=warmup, pause=pause, prime=prime, idle=idle)
+    res["other_load_overall"] = meter.others()
+    loads = [x for x in stats["round_loads"] if x is not None]
+    res["other_load"] = float(np.median(loads)) if loads else None   # median over the counted rounds
+    res["other_load_max"] = float(max(loads)) if loads else None
+    res["rounds_discarded"] = stats["discarded"]
     floor_med = float(np.median(times[impls[0].name]))
     res["impls"] = {}
     for impl in impls:

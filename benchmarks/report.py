@@ -103,6 +103,10 @@ def results_md(payload):
         L.append(f"- load average at start {la[0]:.2f}, at end {lb[0]:.2f}" if lb else
                  f"- load average at start {la[0]:.2f}")
     o = payload["options"]
+    if o.get("wait_idle"):
+        L.append(f"- shared machine: before each timed round the harness waited (up to {o['wait_idle']:g} s) for other "
+                 f"processes to use < {o['idle_threshold']:g} cores, and redid rounds during which they used more "
+                 "(see 'others' load' and 'redone' in the table)")
     L.append(f"- {o['repeats']} timed steps per implementation after {o['warmup']} warm-up round(s); before each "
              f"timed step, outside the timer: gc.collect(), a {o['pause']} s pause (the previous runtime's "
              f"BLAS/OpenMP threads stop spinning) and {o.get('prime', 0)} untimed step(s) of the same "
@@ -111,8 +115,8 @@ def results_md(payload):
     L.append("## Step time (median ms) and ratio to the floor")
     L.append("")
     L.append("| config (H, B, T, I) | dtype | floor ms | tinygraph ms | tinygraph ratio | goal | met | "
-             "torch loop | torch nn.RNN | faster than torch | others' load |")
-    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|")
+             "torch loop | torch nn.RNN | faster than torch | others' load | redone |")
+    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|")
     for res in payload["results"]:
         c = res["config"]
         imp = res["impls"]
@@ -124,11 +128,14 @@ def results_md(payload):
                  f"{_fmt_ms(tg) if tg else '–'} | **{tg['ratio']:.2f}x** | <= {goal:g}x | "
                  f"{'yes' if met else '**no**'} | {cell('torch loop')} | {cell('torch nn.RNN')} | "
                  f"{'–' if faster is None else ('yes' if faster else '**no**')} | "
-                 f"{'?' if res.get('other_load') is None else format(res['other_load'], '.2f')} |")
+                 f"{'?' if res.get('other_load') is None else format(res['other_load'], '.2f')} | "
+                 f"{res.get('rounds_discarded', 0)} |")
     L.append("")
     L.append("torch columns: median ms (ratio to the floor). others' load: cores kept busy by other processes "
-             "while that row was measured (from /proc/stat, our own CPU time subtracted); on this 2-core machine "
-             "anything well above 0 slows the 2-thread BLAS and OpenMP runs and makes that row noisy.")
+             "during that row's timed rounds (median over rounds, from /proc/stat with our own CPU time "
+             "subtracted); on this 2-core machine anything well above 0 slows the 2-thread BLAS and OpenMP runs "
+             "(PyTorch's most: its OpenMP threads wait for a core) and makes that row noisy. redone: rounds "
+             "measured under load and thrown away.")
     L.append("")
     L.append("The issue's reference ratios (float32, 2 cores, against its floor): "
              + "; ".join(f"{k} " + " / ".join(f"{v[c]:g}x" for c in ("tiny", "medium", "large", "long"))

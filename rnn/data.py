@@ -33,9 +33,13 @@ def resolve_steps(steps, T, where):
     if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
         steps = [steps]
     try:
-        out = [int(s) for s in steps]
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: steps must be 'all', 'final', an int, a list or a range, got {steps!r}") from None
+        items = list(steps)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in items):
+        raise DataError(f"{where}: steps must be 'all', 'final', 'initial', an int, a list or a range of ints, "
+                        f"got {steps!r}")
+    out = [int(s) for s in items]
     bad = [s for s in out if not 0 <= s <= T]
     if bad:
         raise DataError(f"{where}: steps {bad} are outside 0..T (T={T}); layer 0 holds the initial states")
@@ -183,8 +187,17 @@ def resolve_all(net, T, inputs, targets):
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(f"steps must be an int >= 1, got {T!r}")
-    inputs = list(inputs or [])
-    targets = list(targets or [])
+    from .net import RecurrentNet
+    if not isinstance(net, RecurrentNet):
+        raise DataError(f"the first argument must be a net (rnn.RecurrentNet), got {type(net).__name__} {net!r}")
+    if isinstance(inputs, (Clamp, Target)) or isinstance(targets, (Clamp, Target)):
+        raise DataError("inputs and targets are lists: write [rnn.Clamp(...)] and [rnn.Target(...)]")
+    try:
+        inputs = list(inputs or [])
+        targets = list(targets or [])
+    except TypeError:
+        raise DataError(f"inputs and targets must be lists of rnn.Clamp / rnn.Target, got "
+                        f"{type(inputs).__name__} and {type(targets).__name__}") from None
     for x in inputs:
         if not isinstance(x, Clamp):
             raise DataError(f"inputs must be rnn.Clamp objects, got {type(x).__name__}")

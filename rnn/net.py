@@ -164,10 +164,18 @@ class RecurrentNet:
             raise NetError(f"connection {src}->{dst}: name must be a non-empty string, got {name!r}")
         if name in self.weights:
             raise NetError(f"net '{self.name}' already has a weight named '{name}'; pass another name=")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not np.isfinite(scale):
+            raise NetError(f"connection {src}->{dst}: scale must be a finite number, got {scale!r}")
         if weight is None:
             weight = self._rng.standard_normal((s.size, d.size)) * (scale / np.sqrt(s.size))
         else:
-            weight = np.array(weight, dtype=np.float64)
+            try:
+                weight = np.array(weight, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise NetError(f"connection {src}->{dst}: weight must be a numeric array of shape "
+                               f"({s.size}, {d.size})") from None
+            if not np.all(np.isfinite(weight)):
+                raise NetError(f"connection {src}->{dst}: the weight is not finite (NaN or infinity)")
             if weight.shape != (s.size, d.size):
                 raise NetError(f"connection {name}: weight must have shape ({s.size}, {d.size}) "
                                f"(src units x dst units), got {weight.shape}")

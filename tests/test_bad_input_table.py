@@ -134,14 +134,9 @@ case("input-name-int", lambda _: tg.Graph("g").input(3, (None, 3)), "names", "3"
 case("input-name-empty", lambda _: tg.Graph("g").input("", (None, 3)), "non-empty", "''")
 case("input-shape-int", lambda _: tg.Graph("g").input("x", 5), "'x'", "5")
 case("input-shape-negative", lambda _: tg.Graph("g").input("x", (-1, 3)), "'x'", "(-1, 3)")
-case("input-shape-strings", lambda _: tg.Graph("g").input("x", ("a", 3)), "'x'", "'a'",
-     bug="Graph.input(name, ('a', 3)): int('a') raises a bare ValueError 'invalid literal for int()' "
-         "that names neither the input nor the shape (graph.py Graph.input catches only TypeError)")
-case("input-shape-float", lambda _: tg.Graph("g").input("x", (None, 2.5)), "'x'", "2.5",
-     bug="Graph.input('x', (None, 2.5)) silently truncates 2.5 to 2 (int(d)) instead of a ShapeError")
-case("input-dtype-bogus", lambda _: tg.Graph("g").input("x", (None, 3), dtype="notadtype"), "'x'", "notadtype",
-     bug="Graph.input(dtype='notadtype'): np.dtype raises a bare TypeError that does not name input 'x' "
-         "(graph.py Graph.input: wrap np.dtype in try/except -> NodeTypeError)")
+case("input-shape-strings", lambda _: tg.Graph("g").input("x", ("a", 3)), "'x'", "'a'")
+case("input-shape-float", lambda _: tg.Graph("g").input("x", (None, 2.5)), "'x'", "2.5")
+case("input-dtype-bogus", lambda _: tg.Graph("g").input("x", (None, 3), dtype="notadtype"), "'x'", "notadtype")
 
 
 @row("input-duplicate-name", "already has a node named 'x'", "'g'")
@@ -153,9 +148,7 @@ def _(_):
 
 case("param-strings", lambda _: tg.Graph("g").param("W", "abc"), "param 'W'", "<U3")
 case("param-name-none", lambda _: tg.Graph("g").param(None, np.ones(3)), "None")
-case("param-ragged", lambda _: tg.Graph("g").param("W", [[1.0], [1.0, 2.0]]), "'W'",
-     bug="Graph.param('W', ragged list): np.asarray raises a bare ValueError ('inhomogeneous shape') "
-         "that does not name param 'W' (graph.py _as_float_array: wrap np.asarray -> NodeTypeError)")
+case("param-ragged", lambda _: tg.Graph("g").param("W", [[1.0], [1.0, 2.0]]), "'W'")
 case("param-object", lambda _: tg.Graph("g").param("W", object()), "'W'", "object")
 
 
@@ -184,10 +177,7 @@ case("mul-broadcast", lambda _: (lambda m: tg.mul(m.b, m.x))(mlp()), "mul", "'b'
 case("div-broadcast", lambda _: (lambda m: m.x / np.ones(5))(mlp()), "div", "'x'", "(5,)", exc=tg.ShapeError)
 case("add-no-node", lambda _: tg.add(1.0, np.ones(3)), "add", "float", "ndarray", exc=tg.NodeTypeError)
 case("exp-of-string", lambda _: tg.exp("x"), "exp", "str", exc=tg.NodeTypeError)
-case("add-string-operand", lambda _: (lambda m: m.x + "abc")(mlp()), "add", "'x'", "<U3",
-     bug="x + 'abc': the error comes from lifting the constant (\"const 'const': expected numbers, got an "
-         "array of dtype <U3\") and names neither the op 'add' nor the node 'x' (ops.apply: lift constants "
-         "inside a try that re-raises naming the op and the other operands)")
+case("add-string-operand", lambda _: (lambda m: m.x + "abc")(mlp()), "add", "'x'", "<U3")
 case("add-foreign-node", lambda _: (lambda m, o: m.x + o.x)(mlp(), other()),
      "'x'", "'other'", "'mlp'", exc=tg.NodeTypeError)
 case("pow-node-exponent", lambda _: (lambda m: m.x ** m.x)(mlp()), "exponent", "Node", exc=tg.NodeTypeError)
@@ -200,16 +190,12 @@ case("log-softmax-bad-axis", lambda _: (lambda m: tg.log_softmax(m.W, axis=-3))(
 case("sum-bad-axis", lambda _: (lambda m: tg.sum(m.x, axis=2))(mlp()), "sum", "axis 2", "'x'", exc=tg.ShapeError)
 case("mean-repeated-axis", lambda _: (lambda m: tg.mean(m.W, axis=(0, -2)))(mlp()), "mean", "repeats", "'W'",
      exc=tg.ShapeError)
-case("sum-string-axis", lambda _: (lambda m: tg.sum(m.x, axis="rows"))(mlp()), "sum", "'rows'",
-     bug="tg.sum(x, axis='rows'): int('r') in ops._axis_attr raises a bare ValueError that names neither "
-         "'sum', node 'x' nor the axis (ops._axis_attr: validate -> ShapeError/NodeTypeError)")
+case("sum-string-axis", lambda _: (lambda m: tg.sum(m.x, axis="rows"))(mlp()), "sum", "'rows'")
 case("reshape-incompatible", lambda _: (lambda m: tg.reshape(m.W, (5, -1)))(mlp()), "reshape", "'W'", "(3, 4)",
      "(5, -1)", exc=tg.ShapeError)
 case("reshape-two-minus-one", lambda _: (lambda m: tg.reshape(m.W, (-1, -1)))(mlp()), "'W'", "at most one",
      exc=tg.ShapeError)
-case("reshape-string-shape", lambda _: (lambda m: tg.reshape(m.W, "ab"))(mlp()), "reshape", "'W'",
-     bug="tg.reshape(W, 'ab'): int('a') in ops.reshape raises a bare ValueError naming neither 'reshape' nor "
-         "'W' (ops.reshape: validate the shape -> ShapeError)")
+case("reshape-string-shape", lambda _: (lambda m: tg.reshape(m.W, "ab"))(mlp()), "reshape", "'W'")
 case("transpose-bad-axes", lambda _: (lambda m: tg.transpose(m.W, axes=(0, 0)))(mlp()), "transpose", "(0, 0)",
      "'W'", exc=tg.ShapeError)
 case("concat-empty", lambda _: tg.concat([]), "concat", "at least one", exc=tg.NodeTypeError)
@@ -235,14 +221,9 @@ case("cross-entropy-label-shape", lambda _: (lambda m: tg.cross_entropy(m.h, m.x
 case("cross-entropy-label-rank", lambda _: (lambda m: tg.cross_entropy(
     m.h, m.g.input("lab", (None, 4, 2))))(mlp()), "'lab'", "(None, 4, 2)", exc=tg.ShapeError)
 case("op-duplicate-name", lambda _: (lambda m: tg.exp(m.W, name="h"))(mlp()), "already has a node named 'h'")
-case("node-truth-value", lambda _: bool(mlp().h), "'h'", "truth value", exc=TypeError,
-     bug="bool(node) raises a bare TypeError, not a GraphError (node.py Node.__bool__: raise NodeTypeError, "
-         "which is also a TypeError)")
-case("node-iter", lambda _: list(mlp().h), "'h'", "not iterable", exc=TypeError,
-     bug="iter(node) raises a bare TypeError, not a GraphError (node.py Node.__iter__: raise NodeTypeError)")
-case("node-len-unknown", lambda _: len(mlp().x), "'x'", "(None, 3)", exc=TypeError,
-     bug="len(node) of shape (None, 3) raises a bare TypeError, not a GraphError (node.py Node.__len__: "
-         "raise NodeTypeError)")
+case("node-truth-value", lambda _: bool(mlp().h), "'h'", "truth value", exc=TypeError)
+case("node-iter", lambda _: list(mlp().h), "'h'", "not iterable", exc=TypeError)
+case("node-len-unknown", lambda _: len(mlp().x), "'x'", "(None, 3)", exc=TypeError)
 
 
 # ================================================================= Graph lookup and forward feeds
@@ -391,10 +372,7 @@ def _(_):
     m.g.forward(m.feeds).backward(m.loss, seed=np.ones(3))
 
 
-@row("backward-seed-strings", "seed", "'h'",
-     bug="acts.backward(h, seed='abc'): np.asarray(seed, dtype=float64) raises a bare ValueError "
-         "('could not convert string to float') naming neither 'seed' nor the node (autodiff.py "
-         "Activations.backward: wrap the conversion -> ShapeError/NodeTypeError)")
+@row("backward-seed-strings", "seed", "'h'")
 def _(_):
     m = mlp()
     m.g.forward(m.feeds).backward(m.h, seed="abc")
@@ -425,20 +403,11 @@ case("checkgrad-wrt-foreign", lambda _: (lambda m, o: tg.check_gradients(m.g, m.
 case("checkgrad-non-scalar-loss", lambda _: (lambda m: tg.check_gradients(m.g, m.h, m.feeds))(mlp()),
      "'h'", "not a scalar")
 case("checkgrad-not-a-graph", lambda _: (lambda m: tg.check_gradients("mlp", m.loss, m.feeds))(mlp()),
-     "graph", "str",
-     bug="tg.check_gradients('mlp', ...): a non-Graph first argument escapes as AttributeError "
-         "(\"'str' object has no attribute 'own'\") (check.py check_gradients: check isinstance(graph, Graph) "
-         "-> NodeTypeError)")
+     "graph", "str")
 case("checkgrad-eps-zero", lambda _: (lambda m: tg.check_gradients(m.g, m.loss, m.feeds, eps=0.0))(mlp()),
-     "eps", "0",
-     bug="tg.check_gradients(eps=0): a bare ZeroDivisionError ('float division by zero') escapes from "
-         "check.noise_floor, naming neither check_gradients nor eps (check.py check_gradients: require a "
-         "finite eps > 0 up front -> GraphError naming eps)")
+     "eps", "0")
 case("checkgrad-feeds-list", lambda _: (lambda m: tg.check_gradients(m.g, m.loss, [np.ones((2, 3))]))(mlp()),
-     "feeds", "list", exc=tg.FeedError,
-     bug="tg.check_gradients(g, loss, feeds=[array]): dict(feeds) raises a bare TypeError "
-         "('unhashable type: numpy.ndarray') before Graph.forward can report it (check.py check_gradients: pass non-dict feeds to forward's FeedError, "
-         "or check isinstance(feeds, dict) first)")
+     "feeds", "list", exc=tg.FeedError)
 
 
 # ================================================================= ties and linear constraints
@@ -476,15 +445,9 @@ case("constrain-row-mismatch", lambda _: (lambda p: p.g.constrain(
 case("constrain-rhs-size", lambda _: (lambda p: p.g.constrain({p.W1: np.ones((1, 6))}, rhs=[1.0, 2.0]))(pair()),
      "rhs", "2 entries", "1 rows", exc=tg.ConstraintError)
 case("constrain-nan-coefficients", lambda _: (lambda p: p.g.constrain({p.W1: np.full((1, 6), np.nan)}))(pair()),
-     "finite", "'W1'", exc=tg.ConstraintError,
-     bug="g.constrain({W1: NaN matrix}): the ConstraintError 'coefficients and rhs must be finite' does not "
-         "say which param's coefficients (or the rhs) hold the NaN (constraints.py ConstraintSet.constrain: "
-         "check each C inside the loop, naming p.name)")
+     "finite", "'W1'", exc=tg.ConstraintError)
 case("constrain-string-coefficients", lambda _: (lambda p: p.g.constrain({p.W1: [["a"] * 6]}))(pair()),
-     "'W1'", exc=tg.ConstraintError,
-     bug="g.constrain({W1: [['a']*6]}): np.asarray(C, dtype=float64) raises a bare ValueError ('could not "
-         "convert string to float') that does not name 'W1' (constraints.py ConstraintSet.constrain: wrap the "
-         "conversion -> ConstraintError)")
+     "'W1'", exc=tg.ConstraintError)
 case("constrain-violated", lambda _: (lambda p: p.g.constrain({p.W1: np.ones((1, 6))}, rhs=[0.0]))(pair()),
      "'W1'", "violate", "project_init=True", exc=tg.ConstraintError)
 
@@ -522,37 +485,24 @@ case("sgd-input-as-param", lambda _: (lambda m: tg.SGD([m.W, m.x], lr=0.1))(mlp(
      exc=tg.NodeTypeError)
 case("sgd-number-as-param", lambda _: (lambda m: tg.SGD([m.W, 5], lr=0.1))(mlp()), "SGD", "int",
      exc=tg.NodeTypeError)
-case("sgd-single-node", lambda _: tg.SGD(mlp().W, lr=0.1), "SGD", "'W'",
-     bug="tg.SGD(W, lr) with a node instead of a list: list(W) calls Node.__iter__ and a bare TypeError "
-         "\"node 'W' is not iterable\" escapes without naming SGD (optim.py Optimizer.__init__: accept a "
-         "single Node or raise NodeTypeError 'pass a list of params')")
+case("sgd-single-node", lambda _: tg.SGD(mlp().W, lr=0.1), "SGD", "'W'")
 case("sgd-two-graphs", lambda _: (lambda m, o: tg.SGD([m.W, o.W], lr=0.1))(mlp(), other()), "SGD", "2 graphs")
 case("sgd-lr-zero", lambda _: tg.SGD(mlp().g.params, lr=0), "SGD", "lr", "0")
 case("sgd-lr-negative", lambda _: tg.SGD(mlp().g.params, lr=-0.5), "SGD", "lr", "-0.5")
 case("sgd-lr-nan", lambda _: tg.SGD(mlp().g.params, lr=float("nan")), "SGD", "lr", "nan")
-case("sgd-lr-string", lambda _: tg.SGD(mlp().g.params, lr="fast"), "SGD", "lr", "'fast'",
-     bug="tg.SGD(params, lr='fast'): `not lr > 0` raises a bare TypeError (\"'>' not supported between str "
-         "and int\") that names neither SGD nor lr (optim.py Optimizer.__init__: check the type first)")
-case("sgd-lr-inf", lambda _: tg.SGD(mlp().g.params, lr=float("inf")), "SGD", "lr", "inf",
-     bug="tg.SGD(params, lr=inf) is accepted; the first step turns every param into NaN/inf "
-         "(optim.py Optimizer.__init__: require a finite lr)")
+case("sgd-lr-string", lambda _: tg.SGD(mlp().g.params, lr="fast"), "SGD", "lr", "'fast'")
+case("sgd-lr-inf", lambda _: tg.SGD(mlp().g.params, lr=float("inf")), "SGD", "lr", "inf")
 case("sgd-momentum-one", lambda _: tg.SGD(mlp().g.params, lr=0.1, momentum=1.0), "momentum", "1.0")
 case("sgd-momentum-negative", lambda _: tg.SGD(mlp().g.params, lr=0.1, momentum=-0.1), "momentum", "-0.1")
-case("sgd-momentum-string", lambda _: tg.SGD(mlp().g.params, lr=0.1, momentum="high"), "momentum", "'high'",
-     bug="tg.SGD(momentum='high'): `0.0 <= momentum` raises a bare TypeError naming neither SGD nor "
-         "momentum (optim.py SGD.__init__: check the type first)")
+case("sgd-momentum-string", lambda _: tg.SGD(mlp().g.params, lr=0.1, momentum="high"), "momentum", "'high'")
 case("sgd-clip-norm-zero", lambda _: tg.SGD(mlp().g.params, lr=0.1, clip_norm=0), "clip_norm", "0")
 case("adam-lr-zero", lambda _: tg.Adam(mlp().g.params, lr=0.0), "Adam", "lr")
 case("adam-betas-one-entry", lambda _: tg.Adam(mlp().g.params, betas=(0.9,)), "Adam", "betas", "(0.9,)")
 case("adam-beta-one", lambda _: tg.Adam(mlp().g.params, betas=(1.0, 0.999)), "Adam", "betas", "1.0")
 case("adam-beta-negative", lambda _: tg.Adam(mlp().g.params, betas=(0.9, -0.1)), "Adam", "betas", "-0.1")
-case("adam-betas-scalar", lambda _: tg.Adam(mlp().g.params, betas=0.9), "Adam", "betas", "0.9",
-     bug="tg.Adam(betas=0.9): len(0.9) raises a bare TypeError (\"object of type 'float' has no len()\") "
-         "naming neither Adam nor betas (optim.py Adam.__init__: check for a pair first)")
+case("adam-betas-scalar", lambda _: tg.Adam(mlp().g.params, betas=0.9), "Adam", "betas", "0.9")
 case("sgd-weight-decay-string", lambda _: tg.SGD(mlp().g.params, lr=0.1, weight_decay="lots"), "weight_decay",
-     "'lots'",
-     bug="tg.SGD(weight_decay='lots'): float('lots') raises a bare ValueError naming neither SGD nor "
-         "weight_decay (optim.py Optimizer.__init__: validate weight_decay as a finite number >= 0)")
+     "'lots'")
 case("adam-eps-zero", lambda _: tg.Adam(mlp().g.params, eps=0.0), "Adam", "eps", "0.0")
 
 
@@ -562,10 +512,7 @@ def _(_):
     tg.SGD(m.g.params, lr=0.1).step(o.grads)
 
 
-@row("step-dict-foreign-param", "SGD.step", "'W'", "'other'",
-     bug="opt.step({param_of_another_graph: g}): the foreign key matches no variable and is silently "
-         "ignored, so the step does nothing (optim.py Optimizer._grads: refuse keys that are not among "
-         "self.params, naming them and their graph)")
+@row("step-dict-foreign-param", "SGD.step", "'W'", "'other'")
 def _(_):
     m, o = mlp(), other()
     tg.SGD(m.g.params, lr=0.1).step({o.W: np.ones((3, 4))})
@@ -582,10 +529,7 @@ def _(_):
     tg.Adam(m.g.params).step({m.W: np.ones((2, 2))})
 
 
-@row("step-dict-strings", "SGD.step", "'W'",
-     bug="opt.step({W: 'abc'}): np.asarray('abc', dtype=float64) in Optimizer._grads raises a bare "
-         "ValueError that names neither the optimizer nor 'W' (optim.py Optimizer._grads: wrap the "
-         "conversion -> NodeTypeError naming the param)")
+@row("step-dict-strings", "SGD.step", "'W'")
 def _(_):
     m = mlp()
     tg.SGD(m.g.params, lr=0.1).step({m.W: "abc"})
@@ -655,17 +599,10 @@ def _(t):
     tg.load_params(mlp().g, t / "p.npz")
 
 
-case("load-params-path-int", lambda t: tg.load_params(mlp().g, 123), "123", requires=IO,
-     bug="tg.load_params(g, 123): os.fspath(123) escapes as a bare TypeError (\"expected str, bytes or "
-         "os.PathLike object, not int\") (io.py open_npz: catch TypeError -> PersistError naming the value)")
+case("load-params-path-int", lambda t: tg.load_params(mlp().g, 123), "123", requires=IO)
 case("save-params-missing-dir", lambda t: tg.save_params(mlp().g, t / "no" / "such" / "w.npz"), "w.npz",
-     requires=IO,
-     bug="tg.save_params(g, 'missing_dir/w.npz'): tempfile.mkstemp escapes as a bare FileNotFoundError "
-         "naming the temporary file, not the requested path (io.py atomic_write: turn OSError into "
-         "PersistError naming the path and the folder)")
-case("save-params-not-a-graph", lambda t: tg.save_params("mlp", t / "w.npz"), "graph", "str", requires=IO,
-     bug="tg.save_params('mlp', path): escapes as AttributeError (\"'str' object has no attribute 'params'\") "
-         "(io.py save_params: check isinstance(graph, Graph) -> NodeTypeError)")
+     requires=IO)
+case("save-params-not-a-graph", lambda t: tg.save_params("mlp", t / "w.npz"), "graph", "str", requires=IO)
 
 
 # ================================================================= rnn.RecurrentNet.add_group / connect
@@ -722,18 +659,11 @@ case("connect-delay-string", lambda _: adder().connect("y", "h", delay="1"), "y-
 case("connect-weight-shape", lambda _: adder().connect("y", "h", delay=1, weight=np.ones((3, 1))), "y->h",
      "(1, 3)", "(3, 1)", exc=NetError)
 case("connect-weight-strings", lambda _: adder().connect("y", "h", delay=1, weight=[["a", "b", "c"]]),
-     "y->h", "weight", exc=NetError,
-     bug="net.connect(weight=[['a','b','c']]): np.array(weight, dtype=float64) raises a bare ValueError "
-         "('could not convert string to float') that names neither the connection nor 'weight' "
-         "(rnn/net.py RecurrentNet.connect: wrap the conversion -> NetError)")
+     "y->h", "weight", exc=NetError)
 case("connect-weight-nan", lambda _: adder().connect("y", "h", delay=1, weight=np.full((1, 3), np.nan)),
-     "y->h", "finite", exc=NetError,
-     bug="net.connect(weight=NaN array) is accepted; every later run yields NaN (rnn/net.py "
-         "RecurrentNet.connect: refuse non-finite weights, as add_group does for initial states)")
+     "y->h", "finite", exc=NetError)
 case("connect-scale-string", lambda _: adder().connect("y", "h", delay=1, scale="big"), "y->h", "scale",
-     exc=NetError,
-     bug="net.connect(scale='big'): numpy raises a bare UFuncTypeError naming neither the connection nor "
-         "'scale' (rnn/net.py RecurrentNet.connect: require a finite number)")
+     exc=NetError)
 case("connect-duplicate-name", lambda _: adder().connect("x", "h", name="h->y"), "'h->y'", "already",
      exc=NetError)
 case("connect-name-empty", lambda _: adder().connect("y", "h", delay=1, name=""), "y->h", "name", "''",
@@ -802,8 +732,7 @@ DATA = [
     ("clamp-step-word", adder, [C("x", X, steps="every")], [Tg("y", Y)], ("Clamp('x')", "'every'"), None),
     ("clamp-step-float", adder, [C("x", np.zeros((1, B, 2)), steps=[1.5])], [Tg("y", Y)],
      ("Clamp('x')", "1.5"),
-     "Clamp(steps=[1.5]) is accepted as step 1 (rnn/data.py resolve_steps: int(1.5) truncates; require "
-     "integral values)"),
+     None),
     ("clamp-step-bool", adder, [C("x", np.zeros((1, B, 2)), steps=True)], [Tg("y", Y)],
      ("Clamp('x')", "True"), None),
     ("clamp-step-repeated", adder, [C("x", np.zeros((2, B, 2)), steps=[1, 1])], [Tg("y", Y)],
@@ -832,9 +761,7 @@ DATA = [
     ("inputs-not-clamps", adder, [X], [Tg("y", Y)], ("Clamp", "ndarray"), None),
     ("targets-not-targets", adder, [C("x", X)], [("y", Y)], ("Target", "tuple"), None),
     ("inputs-single-clamp", adder, C("x", X), [Tg("y", Y)], ("Clamp",),
-     "passing one rnn.Clamp instead of a list: list(Clamp) in rnn/data.py resolve_all raises a bare TypeError "
-     "(\"'Clamp' object is not iterable\") (resolve_all: accept a single Clamp/Target, or raise DataError "
-     "'inputs must be a list of rnn.Clamp')"),
+     None),
     ("target-unknown-group", adder, [C("x", X)], [Tg("out", Y)], ("Target('out')", "'out'"), None),
     ("target-step-zero", adder, [C("x", X)], [Tg("y", Y[:1], steps=[0])], ("Target('y')", "step 0"), None),
     ("target-step-initial", adder, [C("x", X)], [Tg("y", Y[:1], steps="initial")], ("Target('y')", "step 0"), None),
@@ -882,9 +809,7 @@ case("bptt-steps-float", lambda _: rnn.bptt(adder(), 1.5, [C("x", X)], [Tg("y", 
      exc=NetError)
 case("check-steps-bool", lambda _: rnn.check_equivalence(adder(), True, [C("x", X)]), "steps", "True",
      exc=NetError)
-case("bptt-not-a-net", lambda _: rnn.bptt("adder", T, [C("x", X)], [Tg("y", Y)]), "net", "str",
-     bug="rnn.bptt('adder', ...): a non-net first argument escapes as AttributeError (\"'str' object has no "
-         "attribute 'group'\") (rnn/data.py resolve_all: check isinstance(net, RecurrentNet) -> NetError)")
+case("bptt-not-a-net", lambda _: rnn.bptt("adder", T, [C("x", X)], [Tg("y", Y)]), "net", "str")
 case("weight-grads-without-targets", lambda _: adder().unroll(T).run([C("x", X)]).weight_grads,
      "no targets", exc=DataError)
 case("inspect-without-targets", lambda _: rnn.inspect(adder(), T, [C("x", X)]), "rnn.Target", exc=DataError)
@@ -943,16 +868,9 @@ def _(t):
 
 case("load-path-int", lambda _: rnn.load(123), "file path", "int", exc=LoadError, requires=LOAD)
 case("load-directory", lambda t: rnn.load(t), lambda t: str(t), exc=LoadError, requires=LOAD)
-case("save-missing-dir", lambda t: adder().save(t / "no" / "such" / "net.npz"), "net.npz", requires=SAVE,
-     bug="net.save('missing_dir/net.npz'): tempfile.mkstemp in tinygraph/io.py atomic_write escapes as a bare "
-         "FileNotFoundError naming the temporary file, not the requested path (atomic_write or "
-         "rnn/persist.py save_net: turn OSError into NetError/PersistError naming the path)")
-case("save-path-int", lambda _: adder().save(123), "123", requires=SAVE,
-     bug="net.save(123): os.fspath in tinygraph/io.py atomic_write escapes as a bare TypeError "
-         "(rnn/persist.py save_net: validate the path -> NetError naming it)")
-case("save-into-directory", lambda t: adder().save(t), lambda t: str(t), requires=SAVE,
-     bug="net.save(existing_directory): os.replace escapes as a bare IsADirectoryError (tinygraph/io.py "
-         "atomic_write: turn OSError into PersistError naming the path)")
+case("save-missing-dir", lambda t: adder().save(t / "no" / "such" / "net.npz"), "net.npz", requires=SAVE)
+case("save-path-int", lambda _: adder().save(123), "123", requires=SAVE)
+case("save-into-directory", lambda t: adder().save(t), lambda t: str(t), requires=SAVE)
 
 
 # ================================================================= rnn.render / rnn.render_side_by_side

@@ -9,7 +9,7 @@ every node the loss depends on (parameters, inputs and intermediates alike).
 import numpy as np
 
 from . import ops as _ops
-from .errors import FeedError, GraphError, NonFiniteError, ShapeError, UnknownNodeError
+from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
 from .plan import BATCH, Plan, lift
 from .shapes import fmt
@@ -278,7 +278,11 @@ class Activations:
                     f"(tg.sum) or pass seed= an array of shape {out.shape} holding dE/d('{loss.name}')")
             seed = np.ones_like(out, dtype=out.dtype if out.dtype.kind == "f" else np.float64)
         else:
-            seed = np.asarray(seed, dtype=np.float64 if out.dtype.kind != "f" else out.dtype)
+            try:
+                seed = np.asarray(seed, dtype=np.float64 if out.dtype.kind != "f" else out.dtype)
+            except (TypeError, ValueError):
+                raise NodeTypeError(f"backward from '{loss.name}': the seed must be numbers of shape "
+                                    f"{out.shape}, got {seed!r}") from None
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
         grads, tsum, lazy = backward_pass(self, loss, seed, check_finite)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .errors import GraphError
+from .errors import FeedError, GraphError
 
 
 class GradientCheck(float):
@@ -52,6 +52,13 @@ def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, m
     GradientCheck
         A float (the maximum relative error) with ``.node`` and ``.errors``.
     """
+    from .graph import Graph
+    if not isinstance(graph, Graph):
+        raise GraphError(f"check_gradients: the first argument must be a tinygraph Graph, got {type(graph).__name__}")
+    if feeds is not None and not isinstance(feeds, dict):
+        raise FeedError(f"check_gradients: feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+    if not (isinstance(eps, (int, float)) and np.isfinite(eps) and eps > 0):
+        raise GraphError(f"check_gradients: eps must be a positive number, got {eps!r}")
     feeds = dict(feeds or {})
     loss = graph.own(loss, "check_gradients loss")
     acts = graph.forward(feeds, outputs=[loss])

@@ -243,7 +243,13 @@ class ConstraintSet:
         m = None
         for p, C in coefficients.items():
             p = self._param(p, "constrain")
-            C = np.asarray(C, dtype=np.float64)
+            try:
+                C = np.asarray(C, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ConstraintError(f"constrain: the coefficients for '{p.name}' must be a numeric matrix "
+                                      f"of shape (m, {p.value.size})") from None
+            if not np.all(np.isfinite(C)):
+                raise ConstraintError(f"constrain: the coefficients for '{p.name}' are not finite (NaN or infinity)")
             if C.ndim == 1:
                 C = C[None, :]
             if C.ndim != 2 or C.shape[1] != p.value.size:
@@ -257,11 +263,14 @@ class ConstraintSet:
             m = C.shape[0]
             # the same param named twice: its blocks act on one vector, so they add
             coeffs[p] = coeffs[p] + C if p in coeffs else C
-        rhs = np.zeros(m) if rhs is None else np.asarray(rhs, dtype=np.float64).reshape(-1)
+        try:
+            rhs = np.zeros(m) if rhs is None else np.asarray(rhs, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ConstraintError(f"constrain over {[p.name for p in coeffs]}: rhs must be {m} numbers") from None
         if rhs.shape != (m,):
             raise ConstraintError(f"constrain: rhs has {rhs.size} entries but the constraint has {m} rows")
-        if not np.all(np.isfinite(rhs)) or not all(np.all(np.isfinite(C)) for C in coeffs.values()):
-            raise ConstraintError("constrain: coefficients and rhs must be finite")
+        if not np.all(np.isfinite(rhs)):
+            raise ConstraintError(f"constrain over {[p.name for p in coeffs]}: rhs holds NaN or infinity")
         c = LinearConstraint(coeffs, rhs, kind)
         self.constraints.append(c)
         try:

@@ -24,7 +24,10 @@ def _check_name(name):
 
 
 def _as_float_array(value, what):
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:  # ragged nesting and the like
+        raise NodeTypeError(f"{what}: cannot be read as a numeric array ({exc})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise NodeTypeError(f"{what}: expected numbers, got an array of dtype {arr.dtype}")
     if not np.issubdtype(arr.dtype, np.floating):
@@ -69,12 +72,19 @@ class Graph:
     def input(self, name, shape, dtype=np.float64):
         """A placeholder fed at run time; ``None`` in ``shape`` means any size on that axis."""
         try:
-            shape = tuple(None if d is None else int(d) for d in shape)
+            dims = tuple(shape)
         except TypeError:
             raise ShapeError(f"input '{name}': shape must be a tuple of ints or None, got {shape!r}") from None
+        if not all(d is None or (isinstance(d, (int, np.integer)) and not isinstance(d, bool)) for d in dims):
+            raise ShapeError(f"input '{name}': shape must be a tuple of ints or None (any size), got {shape!r}")
+        shape = tuple(None if d is None else int(d) for d in dims)
         if any(d is not None and d < 0 for d in shape):
             raise ShapeError(f"input '{name}': sizes must be >= 0, got {fmt(shape)}")
-        return self._add_node("input", (), shape, {}, _check_name(name), dtype=np.dtype(dtype))
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise NodeTypeError(f"input '{name}': dtype {dtype!r} is not a numpy dtype (e.g. np.float64, int)") from None
+        return self._add_node("input", (), shape, {}, _check_name(name), dtype=dtype)
 
     def param(self, name, value):
         """A trainable parameter.  The node holds ``value`` itself (no copy when it is

@@ -33,6 +33,19 @@ def _new_file_mode(path):
         return 0o666 & ~umask
 
 
+def _check_path(path):
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise PersistError(f"a file path must be a str or os.PathLike, got {type(path).__name__} {path!r}") from None
+
+
+def _check_graph(graph, what):
+    from .graph import Graph
+    if not isinstance(graph, Graph):
+        raise PersistError(f"{what}: the first argument must be a tinygraph Graph, got {type(graph).__name__}")
+
+
 def atomic_write(path, write_fn):
     """Write ``path`` through ``write_fn(binary_file)`` so that readers see the old or the new file, never half.
 
@@ -41,11 +54,18 @@ def atomic_write(path, write_fn):
     On any error the temporary file is removed and the old file is untouched.
     Saving through a symlink updates the file it points to.  Returns ``path``.
     """
-    path = os.fspath(path)
+    path = _check_path(path)
     target = os.path.realpath(path)
     folder = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise PersistError(f"cannot write '{path}': it is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise PersistError(f"cannot write '{path}': the folder '{folder}' does not exist; create it first")
     mode = _new_file_mode(target)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(target) + ".", suffix=".tmp")
+    except OSError as exc:
+        raise PersistError(f"cannot write '{path}': {exc.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write_fn(f)
@@ -144,6 +164,7 @@ def save_params(graph, path):
 
     Tied copies are saved each under their own name.  Returns ``path``.
     """
+    _check_graph(graph, "save_params")
     arrays = {p.name: p.value for p in graph.params}
     return atomic_write(path, lambda f: write_npz(f, arrays))
 
@@ -159,6 +180,8 @@ def load_params(graph, path, strict=True):
 
     Raises PersistError naming the file, the param, the shapes and the fix.
     """
+    _check_graph(graph, "load_params")
+    _check_path(path)
     params = {p.name: p for p in graph.params}
     data = open_npz(path)
     try:

@@ -6,6 +6,7 @@ Nodes hash by identity (never by value) and keep their inputs in a tuple, so
 
 import numpy as np
 
+from .errors import NodeTypeError
 from .shapes import fmt
 
 
@@ -80,14 +81,14 @@ class Node:
         return ops.getitem(self, index)
 
     def __bool__(self):
-        raise TypeError(f"node '{self.name}' has no truth value at build time; run the graph and test the array")
+        raise NodeTypeError(f"node '{self.name}' has no truth value at build time; run the graph and test the array")
 
     def __iter__(self):
-        raise TypeError(f"node '{self.name}' is not iterable; index it with node[i]")
+        raise NodeTypeError(f"node '{self.name}' is not iterable; index it with node[i]")
 
     def __len__(self):
         if not self.shape or self.shape[0] is None:
-            raise TypeError(f"node '{self.name}' of shape {fmt(self.shape)} has no static length")
+            raise NodeTypeError(f"node '{self.name}' of shape {fmt(self.shape)} has no static length")
         return self.shape[0]
 
 

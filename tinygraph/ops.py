@@ -110,7 +110,19 @@ def apply(opname, args, attrs=None, name=None):
     op = get(opname)
     attrs = dict(attrs or {})
     graph = _graph_of(args, opname)
-    inputs = tuple(a if isinstance(a, Node) else graph.const(a) for a in args)
+    inputs = []
+    for a in args:
+        if isinstance(a, Node):
+            inputs.append(a)
+            continue
+        try:
+            inputs.append(graph.const(a))
+        except NodeTypeError:
+            nodes = [x.name for x in args if isinstance(x, Node)]
+            kind = getattr(np.asarray(a), "dtype", type(a).__name__) if not isinstance(a, dict) else "dict"
+            raise NodeTypeError(f"{opname} with {', '.join(repr(n) for n in nodes)}: the operand {a!r} "
+                                f"(dtype {kind}) is not a number, an array of numbers or a node") from None
+    inputs = tuple(inputs)
     try:
         shape = tuple(op.shape(*(n.shape for n in inputs), **attrs))
     except S.ShapeMismatch as exc:
@@ -348,20 +360,27 @@ defop("mean", lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdi
       lambda s, *, axis, keepdims: S.reduce(s, axis, keepdims))
 
 
-def _axis_attr(axis):
-    if axis is None or isinstance(axis, (int, np.integer)):
+def _axis_attr(axis, opname="reduce", x=None):
+    if axis is None or (isinstance(axis, (int, np.integer)) and not isinstance(axis, bool)):
         return None if axis is None else int(axis)
-    return tuple(int(a) for a in axis)
+    try:
+        axes = tuple(axis)
+    except TypeError:
+        axes = None
+    if axes is None or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+        what = f" of '{x.name}'" if isinstance(x, Node) else ""
+        raise NodeTypeError(f"{opname}{what}: axis must be None, an int or a tuple of ints, got {axis!r}")
+    return tuple(int(a) for a in axes)
 
 
 def sum(x, axis=None, keepdims=False, *, name=None):  # noqa: A001 - numpy's name
     """Sum over ``axis`` (int, tuple or None for all)."""
-    return apply("sum", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name=name)
+    return apply("sum", (x,), {"axis": _axis_attr(axis, "sum", x), "keepdims": bool(keepdims)}, name=name)
 
 
 def mean(x, axis=None, keepdims=False, *, name=None):
     """Mean over ``axis`` (int, tuple or None for all)."""
-    return apply("mean", (x,), {"axis": _axis_attr(axis), "keepdims": bool(keepdims)}, name=name)
+    return apply("mean", (x,), {"axis": _axis_attr(axis, "mean", x), "keepdims": bool(keepdims)}, name=name)
 
 
 defop("reshape", lambda x, *, shape: np.reshape(x, shape),
@@ -371,7 +390,15 @@ defop("reshape", lambda x, *, shape: np.reshape(x, shape),
 
 def reshape(x, shape, *, name=None):
     """Reshape; one axis may be -1 (e.g. the batch axis)."""
-    return apply("reshape", (x,), {"shape": tuple(int(d) for d in shape)}, name=name)
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        what = getattr(x, "name", x)
+        raise NodeTypeError(f"reshape of '{what}': the new shape must be a tuple of ints (one may be -1), "
+                            f"got {shape!r}")
+    return apply("reshape", (x,), {"shape": tuple(int(d) for d in dims)}, name=name)
 
 
 def _transpose_vjp(g, out, x, *, axes):

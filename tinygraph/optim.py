@@ -21,7 +21,21 @@ class Optimizer:
     """Base class: subclasses implement ``_delta(state, grad)`` -> the step to subtract."""
 
     def __init__(self, params, lr, weight_decay=0.0, clip_norm=None):
-        params = list(params)
+        name = type(self).__name__
+        if isinstance(params, Node):
+            raise NodeTypeError(f"{name}: pass a list of params (e.g. [{params.name!r} node] or graph.params), "
+                                f"not the single node '{params.name}'")
+        try:
+            params = list(params)
+        except TypeError:
+            raise NodeTypeError(f"{name}: params must be a list of param nodes, got {type(params).__name__}") from None
+        for what, v, low in (("lr", lr, None), ("weight_decay", weight_decay, 0.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
+                raise GraphError(f"{name}: {what} must be a finite number, got {v!r}")
+        if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.number))):
+            raise GraphError(f"{name}: clip_norm must be a number or None, got {clip_norm!r}")
+        if weight_decay < 0:
+            raise GraphError(f"{name}: weight_decay must be >= 0, got {weight_decay}")
         if not params:
             raise GraphError(f"{type(self).__name__}: no parameters to optimize")
         for p in params:
@@ -53,7 +67,18 @@ class Optimizer:
                                  f"given to an optimizer of graph '{self.graph.name}'")
             return {v: cs.raw_variable_grad(v, grads) for v in variables}
         if isinstance(grads, dict):
-            lookup = {id(k): g for k, g in grads.items()}
+            mine = {id(m) for v in variables for m in v.members}
+            for k in grads:
+                if id(k) not in mine:
+                    what = f"'{k.name}' (of graph '{k.graph.name}')" if isinstance(k, Node) else repr(k)
+                    raise GraphError(f"{type(self).__name__}.step: {what} is not one of this optimizer's params "
+                                     f"(graph '{self.graph.name}'); pass gradients of its params only")
+            lookup = {}
+            for k, g in grads.items():
+                try:
+                    lookup[id(k)] = np.asarray(g, dtype=np.float64)
+                except (TypeError, ValueError):
+                    raise GraphError(f"{type(self).__name__}.step: the gradient of '{k.name}' is not numeric") from None
             out = {}
             for v in variables:
                 gs = [lookup[id(m)] for m in v.members if id(m) in lookup]
@@ -111,8 +136,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, clip_norm=None):
         super().__init__(params, lr, weight_decay, clip_norm)
-        if not 0.0 <= momentum < 1.0:
-            raise GraphError(f"SGD: momentum must be in [0, 1), got {momentum}")
+        if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.number)) or not 0.0 <= momentum < 1.0:
+            raise GraphError(f"SGD: momentum must be a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
     def _delta(self, st, g):
@@ -131,9 +156,10 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, clip_norm=None):
         super().__init__(params, lr, weight_decay, clip_norm)
-        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
-            raise GraphError(f"Adam: betas must be two numbers in [0, 1), got {tuple(betas)!r}")
-        if not eps > 0:
+        if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+                or not all(isinstance(b, (int, float, np.number)) and 0.0 <= b < 1.0 for b in betas)):
+            raise GraphError(f"Adam: betas must be a pair of numbers in [0, 1), got {betas!r}")
+        if not isinstance(eps, (int, float, np.number)) or not eps > 0:
             raise GraphError(f"Adam: eps must be > 0, got {eps}")
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
