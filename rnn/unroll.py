@@ -126,10 +126,14 @@ class Emitted:
                 g.tie(*copies, reduce=reduce)
 
         losses = []
+        targeted = {}  # (group, step) -> how many targets meet there (their nodes need distinct names)
+        for grp, steps, *_ in targets:
+            for t in steps:
+                targeted[(grp, t)] = targeted.get((grp, t), 0) + 1
         for r, (grp, steps, units, values, mask, loss) in enumerate(targets):
             for pos, t in enumerate(steps):
                 state = self.layers[t][grp]
-                tag = f"{grp}@t{t}" if len([1 for x in targets if x[0] == grp and t in x[1]]) == 1 else f"{grp}#{r}@t{t}"
+                tag = f"{grp}@t{t}" if targeted[(grp, t)] == 1 else f"{grp}#{r}@t{t}"
                 if loss == "cross_entropy":
                     onehot = values.ndim == 3
                     lab = g.input(f"target[{tag}]", (None, net.groups[grp].size) if onehot else (None,),
@@ -248,7 +252,14 @@ class Unrolled:
         self.steps = self.T = int(steps)
         self.reduce = reduce
         self._cache = {}
-        self._current = self._emit([], [], None)
+        self._latest = None  # emitted when first needed: run() emits the graph its data needs
+
+    @property
+    def _current(self):
+        """The latest emitted graph (before any run: the one without clamps or targets)."""
+        if self._latest is None:
+            self._latest = self._emit([], [], None)
+        return self._latest
 
     def _emit(self, clamps, targets, truncate):
         key = _signature(clamps, targets, truncate)
@@ -320,7 +331,7 @@ class Unrolled:
             if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or not 1 <= truncate <= self.T:
                 raise DataError(f"truncate must be an int in 1..T={self.T}, got {truncate!r}")
             truncate = None if truncate == self.T else int(truncate)
-        em = self._current = self._emit(clamps, tgts, truncate)
+        em = self._latest = self._emit(clamps, tgts, truncate)
         # the clamps and targets were checked against the net above: feed them as they are
         acts = run_forward(em.graph, em.feed_dict(clamps, tgts, batch), check_finite=check_finite, trusted=True)
         grads = (acts.backward(em.loss, check_finite=check_finite)
