@@ -77,13 +77,58 @@ def make_optimizer(optimizer, params, lr):
     raise DataError(f"optimizer must be 'adam', 'sgd' or a callable params -> optimizer, got {type(optimizer).__name__}")
 
 
+def windows(net, steps, inputs, targets, window):
+    """Cut one batch of clamps and targets over steps 1..T into consecutive windows of
+    ``window`` steps, each renumbered 1..window (step 0 stays with the first window).
+
+    Yields (inputs, targets) per window; the caller clamps each window's initial states.
+    """
+    from .data import _in_time_order, resolve_steps
+    resolved_in = []
+    for c in inputs:
+        st = resolve_steps(c.steps, steps, f"Clamp('{c.group}')")
+        st, vals = _in_time_order(st, np.asarray(c.values if np.ndim(c.values) == 3 else np.asarray(c.values)[None]))
+        resolved_in.append((c, st, vals))
+    resolved_t = []
+    for t in targets:
+        st = resolve_steps(t.steps, steps, f"Target('{t.group}')")
+        vals = np.asarray(t.values)
+        mask = None if t.mask is None else np.asarray(t.mask)
+        st, vals, mask = _in_time_order(st, vals, mask)
+        resolved_t.append((t, st, vals, mask))
+    for w in range(steps // window):
+        lo, hi = w * window, (w + 1) * window
+
+        def pick(st):
+            return [k for k, s in enumerate(st) if lo < s <= hi or (w == 0 and s == 0)]
+
+        ins, tgts = [], []
+        for c, st, vals in resolved_in:
+            k = pick(st)
+            if k:
+                ins.append(Clamp(c.group, vals[k], steps=[st[i] - lo for i in k], units=c.units))
+        for t, st, vals, mask in resolved_t:
+            k = pick(st)
+            if k:
+                tgts.append(Target(t.group, vals[k], steps=[st[i] - lo for i in k], units=t.units, loss=t.loss,
+                                   mask=None if mask is None else mask[k]))
+        yield ins, tgts
+
+
 def train(net, data, steps, optimizer="adam", epochs=100, batch_size=32, lr=0.01, progress=True,
-          truncate=None, seed=0, callback=None, stop=None):
+          truncate=None, seed=0, callback=None, stop=None, window=None):
     """Train ``net`` on ``data`` (a SequenceData) unrolled for ``steps`` steps.
 
     Parameters
     ----------
     optimizer : "adam" | "sgd" | callable(params) -> tinygraph optimizer
+    truncate : int, optional
+        Truncated BPTT: gradients flow back only this many steps (within each window).
+    window : int, optional
+        Train on consecutive windows of this many steps (``steps`` must be a multiple):
+        each window is its own unrolled graph and its own update, and its final states
+        are carried forward as the next window's (clamped) initial states.  Needs
+        delays <= 1, since a window's layer 0 holds only one carried step.
     callback : callable(epoch, net) -> dict of metrics, optional (stored in history.metrics)
     stop : callable(metrics) -> bool, optional; ends training early when it returns True.
 
@@ -95,22 +140,51 @@ def train(net, data, steps, optimizer="adam", epochs=100, batch_size=32, lr=0.01
         raise DataError(f"train: data must be an rnn.train.SequenceData, got {type(data).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise DataError(f"train: batch_size must be an int >= 1, got {batch_size!r}")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or not 1 <= window <= steps \
+                or steps % window:
+            raise DataError(f"train: window must be an int that divides steps={steps}, got {window!r}")
+        if net.max_delay > 1:
+            raise DataError(f"train: window training carries one step of state between windows, but net "
+                            f"'{net.name}' has delays up to {net.max_delay}; train without window=")
     rng = np.random.default_rng(seed)
-    ff = net.unroll(steps)
+    ff = net.unroll(window or steps)
     hist = History()
-    opt = None
+    optimizers = {}  # one per emitted graph, all sharing one state (keyed by the shared weight arrays)
+
+    def update(out):
+        opt = optimizers.get(id(out.graph))
+        if opt is None:
+            opt = make_optimizer(optimizer, out.graph.params, lr)
+            if optimizers:
+                opt.state = next(iter(optimizers.values())).state
+            optimizers[id(out.graph)] = opt
+        opt.step(out.grads)
+        hist.updates += 1
+
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         order = rng.permutation(len(data))
         losses = []
         for k in range(0, len(data), batch_size):
             ins, tgts = data.subset(order[k:k + batch_size])
-            out = ff.run(ins, tgts, truncate=truncate, check_finite=True)
-            if opt is None or opt.graph is not out.graph:
-                opt = make_optimizer(optimizer, out.graph.params, lr)
-            opt.step(out.grads)
-            hist.updates += 1
-            losses.append(out.loss / len(order[k:k + batch_size]))
+            n = len(order[k:k + batch_size])
+            if window is None:
+                out = ff.run(ins, tgts, truncate=truncate, check_finite=True)
+                update(out)
+                losses.append(out.loss / n)
+                continue
+            carried, total = None, 0.0
+            for w_ins, w_tgts in windows(net, steps, ins, tgts, window):
+                if carried is not None:
+                    clamped0 = {c.group for c in w_ins if 0 in np.atleast_1d(c.steps)}
+                    w_ins = w_ins + [Clamp(g, s[None], steps=[0]) for g, s in carried.items() if g not in clamped0]
+                out = ff.run(w_ins, w_tgts, truncate=truncate, check_finite=True)
+                if out.grads is not None:
+                    update(out)
+                    total += out.loss
+                carried = {g: out.states(g)[-1].copy() for g in net.groups}
+            losses.append(total / n)
         hist.loss.append(float(np.mean(losses)))
         metrics = callback(epoch, net) if callback else {}
         hist.metrics.append(metrics)
