@@ -48,6 +48,9 @@ def parse_args(argv):
                          "leave the cores idle, and redo rounds during which they did not (default 0: off)")
     ap.add_argument("--idle-threshold", type=float, default=0.25, metavar="CORES",
                     help="with --wait-idle: other processes' CPU use (in cores) that counts as idle (default 0.25)")
+    ap.add_argument("--idle-budget", type=float, default=180, metavar="SECONDS",
+                    help="with --wait-idle: at most this much time per config and dtype spent waiting and redoing "
+                         "(default 180)")
     ap.add_argument("--max-discard", type=int, default=None,
                     help="with --wait-idle: at most this many rounds redone per config and dtype (default 3 x repeats)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes of every config (a smoke run)")
@@ -146,9 +149,9 @@ def _main(a, argv):
             print(f"{cfg.name} (H={cfg.H}, B={cfg.B}, T={cfg.T}, I={cfg.I}) {dtype} ...", flush=True)
             idle = None
             if a.wait_idle:
-                wait_idle(a.wait_idle, threshold=a.idle_threshold)
+                wait_idle(min(a.wait_idle, a.idle_budget), threshold=a.idle_threshold)
                 idle = (a.idle_threshold, a.wait_idle,
-                        3 * a.repeats if a.max_discard is None else a.max_discard)
+                        3 * a.repeats if a.max_discard is None else a.max_discard, a.idle_budget)
             res = bench_config(cfg, dtype, a.repeats, warmup=a.warmup, use_torch=use_torch, pause=a.pause,
                                prime=a.prime, idle=idle, torch_skip=a.torch_skip)
             failed |= not all(x["ok"] for x in res["agreement"].values())
@@ -160,7 +163,7 @@ def _main(a, argv):
                      f"{res['rounds_discarded']} rounds redone" if load is not None else "") + ")", flush=True)
     payload = {"command": "python -m benchmarks " + " ".join(shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv)),
                "machine": info, "quick": a.quick,
-               "options": {"wait_idle": a.wait_idle, "idle_threshold": a.idle_threshold, "repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
+               "options": {"wait_idle": a.wait_idle, "idle_threshold": a.idle_threshold, "idle_budget": a.idle_budget, "repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
                            "torch_skip": sorted(a.torch_skip)},
                "results": results, "findings": findings(results)}
     if a.memory:

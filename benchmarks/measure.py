@@ -96,6 +96,9 @@ class LoadMeter:
     def __init__(self):
         self.wall, self.busy, self.own = time.perf_counter(), _cpu_busy_s(), _own_cpu_s()
 
+    def elapsed(self):
+        return time.perf_counter() - self.wall
+
     def others(self):
         busy = _cpu_busy_s()
         if busy is None or self.busy is None:
@@ -166,19 +169,23 @@ def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, idle=None, pr
     where step follows step) and then the one timed step.  Every implementation takes the same
     number of SGD steps, so their losses can be compared step by step.
 
-    ``idle``: None, or (threshold, max_wait, max_discard): on a shared machine, wait (up to
-    max_wait s) before each round until other processes use fewer than ``threshold`` cores, and
-    discard a round during which they used more (at most ``max_discard`` rounds; after that the
-    rounds count whatever the load).
+    ``idle``: None, or (threshold, max_wait, max_discard, budget): on a shared machine, wait (up
+    to max_wait s) before each round until other processes use fewer than ``threshold`` cores, and
+    discard a round during which they used more (at most ``max_discard`` rounds, and only while
+    the time spent waiting and in discarded rounds stays under ``budget`` s; after that the rounds
+    count whatever the load, which is reported).
 
     Returns ({name: [seconds of each timed step]}, {name: [loss of every step taken]}, stats)."""
     times = {i.name: [] for i in impls}
     losses = {i.name: [] for i in impls}
-    stats = {"discarded": 0, "round_loads": []}
+    stats = {"discarded": 0, "round_loads": [], "idle_s": 0.0}
     r = 0
     while r < warmup + repeats:
-        if idle and r >= warmup:
-            wait_idle(idle[1], threshold=idle[0], window=0.3, log=None)
+        patient = bool(idle) and stats["idle_s"] < idle[3]
+        if patient and r >= warmup:
+            a = time.perf_counter()
+            wait_idle(min(idle[1], idle[3] - stats["idle_s"]), threshold=idle[0], window=0.3, log=None)
+            stats["idle_s"] += time.perf_counter() - a
         meter = LoadMeter()
         round_times = {}
         for impl in impls:
@@ -194,8 +201,9 @@ def time_interleaved(impls, repeats, warmup=1, pause=0.1, prime=1, idle=None, pr
             round_times[impl.name] = t1 - t0
         load = meter.others()
         if r >= warmup:
-            if idle and load is not None and load > idle[0] and stats["discarded"] < idle[2]:
+            if patient and load is not None and load > idle[0] and stats["discarded"] < idle[2]:
                 stats["discarded"] += 1
+                stats["idle_s"] += meter.elapsed()
                 continue
             stats["round_loads"].append(load)
             for name, t in round_times.items():
@@ -233,6 +241,7 @@ def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, pr
     res["other_load"] = float(np.median(loads)) if loads else None   # median over the counted rounds
     res["other_load_max"] = float(max(loads)) if loads else None
     res["rounds_discarded"] = stats["discarded"]
+    res["idle_wait_s"] = stats["idle_s"]
     floor_med = float(np.median(times[impls[0].name]))
     res["impls"] = {}
     for impl in impls:

@@ -125,16 +125,20 @@ class _Plan:
 
 def _check_spec(spec):
     """Validate a spec completely (types, names, bounds) without allocating anything; return a _Plan."""
+    # format and version first: a file from another program or a newer tinygraph is named as such,
+    # not reported as a list of keys it happens to lack
+    if isinstance(spec, dict) and "format" in spec:
+        fmt = spec["format"]
+        if not (isinstance(fmt, str) and fmt == FORMAT):
+            raise LoadError(f"the spec's format is {_short(fmt)}, expected '{FORMAT}': this is not a tinygraph net")
+    if isinstance(spec, dict) and "version" in spec:
+        version = spec["version"]
+        if not _is_int(version):
+            raise LoadError(f"the spec's version must be an integer, got {_kind(version)} {_short(version)}")
+        if version != VERSION:
+            raise LoadError(f"the spec has version {version}; this tinygraph reads version {VERSION} "
+                            f"(a newer tinygraph wrote it: upgrade tinygraph)")
     _check_keys(spec, "the spec", _TOP_REQUIRED, _TOP_OPTIONAL)
-    fmt = spec["format"]
-    if not (isinstance(fmt, str) and fmt == FORMAT):
-        raise LoadError(f"the spec's format is {_short(fmt)}, expected '{FORMAT}': this is not a tinygraph net")
-    version = spec["version"]
-    if not _is_int(version):
-        raise LoadError(f"the spec's version must be an integer, got {_kind(version)} {_short(version)}")
-    if version != VERSION:
-        raise LoadError(f"the spec has version {version}; this tinygraph reads version {VERSION} "
-                        f"(a newer tinygraph wrote it: upgrade tinygraph)")
     name = spec.get("name", "net")
     if not isinstance(name, str) or len(name) > MAX_NAME_CHARS:
         raise LoadError(f"the spec's name must be a string of at most {MAX_NAME_CHARS} characters, "

@@ -355,6 +355,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
                 gi = vjp(g, values[index], *ins)
                 if gi is None:
                     continue
+            # accumulate(j, gi), written out: this is the hot loop of every backward pass
             shape = values[j].shape
             if gi.shape != shape:
                 gi = unbroadcast(gi, shape)

@@ -318,7 +318,7 @@ def _resolve(graph, key, what):
 
 
 def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=2000, title=None,
-           highlight=None, legend=True):
+           highlight=None, legend=True, stub_span=6):
     """Draw ``graph`` as a ``graphviz.Digraph`` (DOT text; nothing is run).
 
     Parameters
@@ -341,6 +341,12 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
         {node or name: colour} fill overrides, e.g. one colour per tie group.
     legend : bool
         Show the swatches explaining the node kinds.
+    stub_span : int or None
+        A source (input, param, const, or a node outside ``nodes``) whose uses lie more
+        than this many layers apart is drawn in full once, and its far uses get a small
+        dashed reference to it: dot's layout time grows with edge length squared, and a
+        weight used at every step of a 300-step chain would otherwise take minutes.
+        None draws every edge from the node itself.
 
     Returns
     -------
@@ -378,6 +384,9 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
     dot.attr("graph", rankdir=rankdir, ordering="in", nodesep="0.3", ranksep="0.35",
              fontname=FONT, labelloc="t", tooltip=_esc_string(f"tinygraph graph '{graph.name}'"))
     dot.attr("node", fontname=FONT, fontsize="11", margin="0.08,0.04")
+    if len(selected) > 150:
+        # cap dot's network-simplex passes: big drawings otherwise take minutes for little gain
+        dot.attr("graph", nslimit="2", nslimit1="2", mclimit="0.5")
     dot.attr("edge", color="#555555", arrowsize="0.6", fontname=FONT, fontsize="9", fontcolor=MUTED)
 
     if title is None:
@@ -396,29 +405,67 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
         dot.attr("graph", label=label)
 
     drawn = {n.index for n in selected}
-    stubs = []
-    for node in selected:
-        for inp in node.inputs:
-            if inp.index not in drawn and inp.index not in stubs:
-                stubs.append(inp.index)
-    for index in sorted(stubs):
-        outside = graph.nodes[index]
-        dot.node(node_id(outside), label=_h(outside.name), shape="box", style="dashed,rounded",
-                 color="#999999", fontcolor="#777777", fontsize="9",
-                 tooltip=_esc_string(f"{outside.name}: {outside.op} {fmt(outside.shape)} (not in the drawn subset)"))
-
+    outside = sorted({i.index for n in selected for i in n.inputs if i.index not in drawn})
+    for index in outside:
+        o = graph.nodes[index]
+        dot.node(node_id(o), label=_h(o.name), shape="box", style="dashed,rounded", color="#999999",
+                 fontcolor="#777777", fontsize="9",
+                 tooltip=_esc_string(f"{o.name}: {o.op} {fmt(o.shape)} (not in the drawn subset)"))
     for node in selected:
         dot.node(node_id(node), **node_attrs(node, acts, grads, colour=colours.get(node)))
+
+    tails = _edge_tails(dot, graph, selected, drawn, stub_span, colours)
     for node in selected:
         many = len(node.inputs) > 1
         for pos, inp in enumerate(node.inputs):
             edge = dict(tooltip=_esc_string(f"{inp.name} -> {node.name} (input {pos})"))
             if many:
-                edge["label"] = str(pos)
+                # headlabel, not label: dot turns each edge label into an extra rank (slow, and tall)
+                edge["headlabel"] = str(pos)
             if inp.index not in drawn:
                 edge.update(style="dashed", color="#999999")
-            dot.edge(node_id(inp), node_id(node), **edge)
+            dot.edge(tails.get((node.index, pos), node_id(inp)), node_id(node), **edge)
     return dot
+
+
+def _depths(selected, drawn):
+    """Longest-path layer of each drawn node (sources 0): a cheap stand-in for dot's ranks."""
+    depth = {}
+    for node in selected:
+        ins = [depth[i.index] for i in node.inputs if i.index in drawn]
+        depth[node.index] = 1 + max(ins, default=0) if node.inputs else 0
+    return depth
+
+
+def _edge_tails(dot, graph, selected, drawn, span, colours):
+    """{(consumer index, input position): tail id} for the uses of a source that lie far
+    from its first use; declares one small reference node per window of ``span`` layers."""
+    if span is None:
+        return {}
+    depth = _depths(selected, drawn)
+    uses = {}
+    for node in selected:
+        for pos, inp in enumerate(node.inputs):
+            if inp.index not in drawn or inp.op in ("input", "param", "const"):
+                uses.setdefault(inp.index, []).append((depth[node.index], node.index, pos))
+    tails = {}
+    for index, found in uses.items():
+        found.sort()
+        anchor, k = found[0][0], 0
+        src = graph.nodes[index]
+        for d, consumer, pos in found:
+            if d - anchor > span:
+                anchor, k = d, k + 1
+                kind = KIND_STYLE.get(src.op, KIND_STYLE["op"]) if index in drawn else {}
+                fill = colours.get(src, kind.get("fillcolor", "#FFFFFF"))
+                dot.node(f"{node_id(src)}r{k}", label=_h(src.name), shape="box", style="dashed,rounded,filled",
+                         fillcolor=fill, color=kind.get("color", "#999999"), fontcolor=_text_on(fill),
+                         fontsize="9", tooltip=_esc_string(
+                             f"{src.name}: {src.op} {fmt(src.shape)} (a reference: drawn in full once, "
+                             f"nearer its first use)"))
+            if k:
+                tails[(consumer, pos)] = f"{node_id(src)}r{k}"
+    return tails
 
 
 # ----------------------------------------------------------------- files
@@ -426,11 +473,22 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
 _SOURCE_EXTS = ("dot", "gv")
 
 
+def _file_mode(path):
+    """The mode a plain open() would give (mkstemp's temp files are private, 0o600)."""
+    if path.exists():
+        return path.stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path, data):
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
