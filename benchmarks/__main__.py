@@ -178,8 +178,10 @@ def _main(a, argv):
     if a.build_scaling:
         print(f"build scaling (H={BUILD_NET['H']}, B={BUILD_NET['B']}, I={BUILD_NET['I']}), T = {a.build_steps} ...",
               flush=True)
-        payload["build"] = build_scaling(a.build_steps, timeout=a.build_timeout)
+        payload["build"] = build_scaling(a.build_steps, timeout=a.build_timeout, wait=a.wait_idle and a.idle_budget)
     if a.profile:
+        if a.wait_idle:
+            wait_idle(min(a.wait_idle, a.idle_budget), threshold=a.idle_threshold, log=None)
         payload["profile"] = profile_tinygraph(a.table[a.profile], "float64")
         payload["profile_config"] = a.profile
         print(f"cProfile of one tinygraph step at {a.profile} (float64):")

@@ -170,7 +170,7 @@ class TorchLoopRNN:
         loss = self._loss()
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return loss.item()
 
     def grads(self):
         self.opt.zero_grad(set_to_none=True)
@@ -221,7 +221,7 @@ class TorchNNRNN:
         loss = self._loss()
         loss.backward()
         self.opt.step()
-        return float(loss)
+        return loss.item()
 
     def grads(self):
         self.opt.zero_grad(set_to_none=True)

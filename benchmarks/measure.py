@@ -354,12 +354,16 @@ def build_probe(T, H, B, I, dtype="float64"):
     return out
 
 
-def build_scaling(steps=(1_000, 10_000, 100_000), timeout=600, dtype="float64", log=print):
-    """build_probe for each T in its own process (a timeout or crash is recorded, not fatal)."""
+def build_scaling(steps=(1_000, 10_000, 100_000), timeout=600, dtype="float64", wait=0, log=print):
+    """build_probe for each T in its own process (a timeout or crash is recorded, not fatal);
+    ``wait``: seconds to wait at most for an idle machine before each."""
     results = []
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for T in steps:
         args = dict(BUILD_NET, T=T, dtype=dtype)
+        if wait:
+            wait_idle(wait, log=None)
+        meter = LoadMeter()
         code = ("import json, sys; from benchmarks.measure import build_probe; "
                 f"print('RESULT ' + json.dumps(build_probe(**{args!r})))")
         a = time.perf_counter()
@@ -375,6 +379,7 @@ def build_scaling(steps=(1_000, 10_000, 100_000), timeout=600, dtype="float64", 
         except subprocess.TimeoutExpired:
             r = dict(args, error=f"timeout after {timeout} s")
         r["wall_s"] = time.perf_counter() - a
+        r["other_load"] = meter.others()
         results.append(r)
         if "error" in r:
             log(f"  T={T}: {r['error']}")

@@ -202,15 +202,16 @@ def results_md(payload):
                  f"and backward. Goal: 100,000 steps built, run forward and backward in under {BUILD_GOAL_S:g} s, "
                  "linear in T.")
         L.append("")
-        L.append("| T | nodes | unroll s | first run s | run s | total s | per step (total) | max RSS MB |")
-        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        L.append("| T | nodes | unroll s | first run s | run s | total s | per step (total) | max RSS MB | others' load |")
+        L.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in payload["build"]:
             if "error" in r:
-                L.append(f"| {r['T']:,} | | | | | {r['error'][:80]} | | |")
+                L.append(f"| {r['T']:,} | | | | | {r['error'][:80]} | | | |")
                 continue
             tot = r["build_and_first_run_s"]
             L.append(f"| {r['T']:,} | {r['nodes']:,} | {r['unroll_s']:.2f} | {r['first_run_s']:.2f} | "
-                     f"{r['run_s']:.2f} | **{tot:.2f}** | {tot / r['T'] * 1e6:.0f} µs | {r['maxrss_mb']:.0f} |")
+                     f"{r['run_s']:.2f} | **{tot:.2f}** | {tot / r['T'] * 1e6:.0f} µs | {r['maxrss_mb']:.0f} | "
+                     f"{'?' if r.get('other_load') is None else format(r['other_load'], '.2f')} |")
         L.append("")
         L.append("total = unroll + first run (built, compiled, run forward and backward once).")
         L.append("")

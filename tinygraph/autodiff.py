@@ -318,17 +318,35 @@ def backward_pass(acts, loss, seed, check_finite=False):
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
 
+    # Buffers this sweep created itself (sums of two contributions) may take further
+    # contributions in place; any other gradient array may be shared and is never written.
+    owned = set()
+    # A tie group's contributions that still carry a broadcast (batch) axis are summed
+    # unreduced, per shape, and reduced once at the end: one reduction instead of T.
+    wide = {}
+
     def accumulate(j, gi):
         t = tied.get(j)
+        shape = values[j].shape
         if t is not None:
-            cur = tsum.get(id(t))
+            key = (id(t), gi.shape) if gi.shape != shape else id(t)
+            cur = wide.get(key) if gi.shape != shape else tsum.get(key)
             if cur is None:
-                tsum[id(t)] = np.array(gi, copy=True)  # owned: later contributions add in place
+                (wide if gi.shape != shape else tsum)[key] = np.array(gi, copy=True)
             else:
                 cur += gi
             return
+        if gi.shape != shape:
+            gi = unbroadcast(gi, shape)
         prev = grads[j]
-        grads[j] = gi if prev is None else prev + gi  # out of place: gi may be shared with g
+        if prev is None:
+            grads[j] = gi
+        elif j in owned:
+            prev += gi
+            grads[j] = prev  # (a numpy scalar does not add in place: keep the new object)
+        else:
+            grads[j] = prev + gi
+            owned.add(j)
 
     for step in reversed(plan.steps):
         if step[0] == BATCH:
@@ -357,17 +375,38 @@ def backward_pass(acts, loss, seed, check_finite=False):
                     continue
             # accumulate(j, gi), written out: this is the hot loop of every backward pass
             shape = values[j].shape
+            if t is not None:
+                if gi.shape != shape:
+                    key = (id(t), gi.shape)
+                    cur = wide.get(key)
+                    if cur is None:
+                        wide[key] = np.array(gi, copy=True)
+                    else:
+                        cur += gi
+                else:
+                    cur = tsum.get(id(t))
+                    if cur is None:
+                        tsum[id(t)] = np.array(gi, copy=True)  # owned: later contributions add in place
+                    else:
+                        cur += gi
+                continue
             if gi.shape != shape:
                 gi = unbroadcast(gi, shape)
-            if t is not None:
-                cur = tsum.get(id(t))
-                if cur is None:
-                    tsum[id(t)] = np.array(gi, copy=True)  # owned: later contributions add in place
-                else:
-                    cur += gi
+            prev = grads[j]
+            if prev is None:
+                grads[j] = gi
+            elif j in owned:
+                prev += gi
+                grads[j] = prev  # (a numpy scalar does not add in place: keep the new object)
             else:
-                prev = grads[j]
-                grads[j] = gi if prev is None else prev + gi  # out of place: gi may be shared with g
+                grads[j] = prev + gi  # a new buffer: gi and prev may be shared with other nodes
+                owned.add(j)
+    if wide:
+        shapes = {id(t): t.members[0].value.shape for t in tied.values()}
+        for (tid, _), total in wide.items():
+            total = unbroadcast(total, shapes[tid])
+            cur = tsum.get(tid)
+            tsum[tid] = total if cur is None else cur + total
     return grads, tsum, lazy
 
 

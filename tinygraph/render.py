@@ -339,8 +339,9 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
         Heading over the legend; default: the graph's name (and the loss).  "" for none.
     highlight : dict, optional
         {node or name: colour} fill overrides, e.g. one colour per tie group.
-    legend : bool
-        Show the swatches explaining the node kinds.
+    legend : bool or list
+        Show the swatches explaining the node kinds; a list of (text, colour) adds
+        entries after them (e.g. what each ``highlight`` colour means).
     stub_span : int or None
         A source (input, param, const, or a node outside ``nodes``) whose uses lie more
         than this many layers apart is drawn in full once, and its far uses get a small
@@ -387,19 +388,24 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
     if len(selected) > 150:
         # cap dot's network-simplex passes: big drawings otherwise take minutes for little gain
         dot.attr("graph", nslimit="2", nslimit1="2", mclimit="0.5")
-    dot.attr("edge", color="#555555", arrowsize="0.6", fontname=FONT, fontsize="9", fontcolor=MUTED)
+    dot.attr("edge", color="#555555", arrowsize="0.6", fontname=FONT, fontsize="9", fontcolor=MUTED,
+             labeldistance="1.8", labelangle="-35")
 
     if title is None:
         title = f"graph '{graph.name}'"
+        if len(selected) < len(graph.nodes):
+            title += f" ({len(selected)} of {len(graph.nodes)} nodes)"
         if grads is not None:
-            title += f": E = {grads.loss.name} = {summarize(grads.acts[grads.loss], 1)}"
+            title += f", loss E = '{grads.loss.name}' = {summarize(grads.acts[grads.loss], 1)}"
     entries = []
-    if legend:
+    if legend is not False and legend is not None:
         for kind in ("input", "param", "const", "op"):
             style = KIND_STYLE[kind]
             entries.append((kind, style["fillcolor"], style["color"]))
         if grads is not None:
             entries.append(("grad = dE/d(node)", "#FFFFFF", GRAD_COLOUR, GRAD_COLOUR))
+        if not isinstance(legend, bool):
+            entries.extend(tuple(e) for e in legend)
     label = legend_label(title, entries)
     if label:
         dot.attr("graph", label=label)
