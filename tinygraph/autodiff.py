@@ -402,9 +402,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
                 grads[j] = prev + gi  # a new buffer: gi and prev may be shared with other nodes
                 owned.add(j)
     if wide:
-        shapes = {id(t): t.members[0].value.shape for t in tied.values()}
         for (tid, _), total in wide.items():
-            total = unbroadcast(total, shapes[tid])
+            total = unbroadcast(total, plan.tie_shapes[tid])
             cur = tsum.get(tid)
             tsum[tid] = total if cur is None else cur + total
     return grads, tsum, lazy
@@ -455,10 +454,16 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, c
                 _nonfinite_grad(nodes[m])
     unbroadcast = _ops.unbroadcast
     for pos, (kind, ref) in enumerate(b.inputs):
-        if b.kind == "dedicated":
-            gi = b.op.batch[2][pos](G, out, *args, **b.attrs)
-        else:
-            gi = b.op.vjp(pos, G, out, args, b.attrs)
+        if kind == "stack" and all(nodes[j].op == "input" for j in ref):
+            # gradients of fed inputs: nothing upstream needs them, so compute them when asked
+            deferred = _Deferred(b, pos, G, out, args, np.shape(values[ref[0]]))
+            for k, j in enumerate(ref):
+                if grads[j] is None and j not in lazy:
+                    lazy[j] = (deferred, k)
+                else:
+                    accumulate(j, deferred[k])
+            continue
+        gi = _batch_vjp(b, pos, G, out, args)
         if gi is None:
             continue
         if kind == "shared":
@@ -476,10 +481,38 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, c
             if gi.shape != natural:
                 gi = gi.reshape(natural)
             for k, j in enumerate(ref):
-                if grads[j] is None and j not in lazy and nodes[j].op == "input":
-                    lazy[j] = (gi, k)  # a fed input: nothing upstream needs its gradient now
-                else:
-                    accumulate(j, gi[k])
+                accumulate(j, gi[k])
+
+
+def _batch_vjp(b, pos, G, out, args):
+    if b.kind == "dedicated":
+        return b.op.batch[2][pos](G, out, *args, **b.attrs)
+    return b.op.vjp(pos, G, out, args, b.attrs)
+
+
+class _Deferred:
+    """The stacked gradient of one batched operand, computed on first access."""
+
+    __slots__ = ("b", "pos", "G", "out", "args", "member_shape", "_value")
+
+    def __init__(self, b, pos, G, out, args, member_shape):
+        self.b, self.pos, self.G, self.out, self.args = b, pos, G, out, args
+        self.member_shape = tuple(member_shape)
+        self._value = None
+
+    def __getitem__(self, k):
+        if self._value is None:
+            gi = _batch_vjp(self.b, self.pos, self.G, self.out, self.args)
+            natural = self.G.shape[:1] + self.member_shape
+            if gi is None:
+                gi = np.zeros(natural)
+            else:
+                gi = _ops.unbroadcast(gi, self.args[self.pos].shape)
+                if gi.shape != natural:
+                    gi = gi.reshape(natural)
+            self._value = gi
+            self.G = self.out = self.args = None  # computed: let the operands go
+        return self._value[k]
 
 
 class Gradients:

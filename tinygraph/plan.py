@@ -215,6 +215,7 @@ class Plan:
                 t = tie_of.get(id(n))
                 if t is not None:
                     self.tied[n.index] = t
+        self.tie_shapes = {id(t): t.members[0].value.shape for t in set(self.tied.values())}
         steps = []
         if units is None:
             units = [("n", i) for i in needed]

@@ -227,7 +227,7 @@ def _value_of(node, acts):
     return None, None
 
 
-def _grad_of(node, grads, acts):
+def _grad_of(node, grads):
     if grads is None:
         return None, None
     if not grads.reached(node):
@@ -255,7 +255,7 @@ def node_attrs(node, acts=None, grads=None, *, colour=None, max_entries=12):
         attrs.update(LOSS_BORDER)
 
     value, vnote = _value_of(node, acts)
-    grad, gnote = _grad_of(node, grads, acts)
+    grad, gnote = _grad_of(node, grads)
 
     rows = [f'<TR><TD ALIGN="LEFT"><FONT COLOR="{text}"><B>{_h(node.name)}</B></FONT></TD></TR>']
     desc = f"{node.op} {fmt(node.shape)}"
