@@ -18,14 +18,13 @@ caller's backend or keeps figures alive.
 """
 
 import functools
-import itertools
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from tinygraph.errors import GraphError
+from tinygraph.io import atomic_write
 
 from .bptt import bptt
 from .inspect import inspect
@@ -54,7 +53,6 @@ _RC = {
 }
 
 
-_TMP_COUNTER = itertools.count()
 
 
 class MatplotlibNotFoundError(GraphError, ImportError):
@@ -98,11 +96,6 @@ def _figure(where, figsize, layout="constrained"):
     return Figure(figsize=figsize, layout=layout)
 
 
-def _tmp_name(path):
-    """A hidden file next to ``path`` (same file system, so os.replace is atomic; normal permissions)."""
-    return str(path.with_name(f".{path.name}.{os.getpid()}.{next(_TMP_COUNTER)}.tmp"))
-
-
 def _save(fig, path, where):
     """Write ``fig`` to ``path`` (format from the extension) atomically; return the path."""
     path = Path(path)
@@ -112,14 +105,7 @@ def _save(fig, path, where):
         raise FigureError(f"{where}: cannot write '{path}': the extension must be one of "
                           f"{', '.join('.' + k for k in sorted(supported))} (.png is the usual one)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        fig.savefig(tmp, format=fmt, dpi=DPI, facecolor="white")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=DPI, facecolor="white"))
     return str(path)
 
 
@@ -677,15 +663,8 @@ def frames_to_gif(frame_paths, gif_path, duration_ms=700, last_ms=None):
     durations[-1] = int(last_ms if last_ms is not None else 3 * duration_ms)
     gif_path = Path(gif_path)
     gif_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(gif_path)
-    try:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0,
-                       disposal=1)
-        os.replace(tmp, gif_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(gif_path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                    duration=durations, loop=0, disposal=1))
     return str(gif_path)
 
 

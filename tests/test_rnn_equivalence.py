@@ -172,10 +172,6 @@ def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
                 units = None if draw(st.booleans()) else step_units(g)
                 clamp(g, steps, units, steps)
 
-    full = {(c.group, t) for c in inputs if c.units is None
-            for t in (range(1, T + 1) if c.steps == "all" else c.steps)}
-    free_states = batch_free_states(net, T, clamped, full)
-
     targets = []
     for g in names:
         G = net.groups[g]
@@ -215,20 +211,6 @@ def nets_with_data(draw, input_modes=INPUT_MODES, max_steps=4):
             targets.append(rnn.Target(g, values, steps=spec, units=units, mask=mask))
     assume(targets)
     return net, T, inputs, targets, rng
-
-
-def batch_free_states(net, T, clamped, full):
-    """{(group, step): True when the unrolled state has no batch axis}: a group no connection
-    reaches computes only its bias, one value shared by the whole batch."""
-    free = {(g, 0): False for g in net.groups}  # layer 0 is repeated over the batch
-    order = net.group_order()
-    for t in range(1, T + 1):
-        for g in order:
-            if (g, t) in clamped:
-                free[(g, t)] = False
-                continue
-            free[(g, t)] = all(free[(c.src, max(t - c.delay, 0))] for c in net.incoming(g))
-    return free
 
 
 def describe(net, T, inputs, targets):

@@ -12,15 +12,14 @@ the helpers with ``from tinygraph.render import summarize, write, ...``.
 
 import colorsys
 import html
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import graphviz
 import numpy as np
 
 from .errors import GraphError
+from .io import atomic_write
 from .node import Node
 from .shapes import fmt
 
@@ -358,6 +357,15 @@ def render(graph, acts=None, grads=None, *, nodes=None, rankdir="BT", max_nodes=
     TooManyNodesError (a GraphError) past ``max_nodes``; RenderError when ``acts``,
     ``grads``, ``nodes`` or ``highlight`` name nodes of another graph or unknown names.
     """
+    from .autodiff import Activations, Gradients
+    from .graph import Graph
+    if not isinstance(graph, Graph):
+        raise RenderError(f"render: the first argument must be a tinygraph Graph, got {type(graph).__name__} "
+                          f"{graph!r} (for a recurrent net use rnn.render)")
+    if acts is not None and not isinstance(acts, Activations):
+        raise RenderError(f"render: acts must be the Activations of graph.forward(...), got {type(acts).__name__}")
+    if grads is not None and not isinstance(grads, Gradients):
+        raise RenderError(f"render: grads must be the Gradients of acts.backward(...), got {type(grads).__name__}")
     if acts is not None and acts.graph is not graph:
         raise RenderError(f"render: acts come from graph '{acts.graph.name}', not from graph '{graph.name}'")
     if grads is not None and grads.graph is not graph:
@@ -479,27 +487,8 @@ def _edge_tails(dot, graph, selected, drawn, span, colours):
 _SOURCE_EXTS = ("dot", "gv")
 
 
-def _file_mode(path):
-    """The mode a plain open() would give (mkstemp's temp files are private, 0o600)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
 def _atomic_write(path, data):
-    mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fh.write(data))
 
 
 def write(digraph, path):
