@@ -18,7 +18,7 @@ import time
 from . import CONFIGS, QUICK_CONFIGS
 from .impls import torch_available
 from .measure import (BUILD_NET, bench_config, build_scaling, machine_info, measure_memory,
-                      profile_tinygraph, wait_idle)
+                      mixed_dtype_matmul, profile_tinygraph, wait_idle)
 from .report import results_md, text_table, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -96,7 +96,7 @@ def parse_args(argv):
     return a
 
 
-def findings(results):
+def findings(results, table):
     out = []
     f32 = [r for r in results if r["dtype"] == "float32"]
     if f32:
@@ -110,6 +110,12 @@ def findings(results):
                        f"{d['first non-empty node of each dtype'].get('float64', '?')}. net.weights stay float32 "
                        "(SGD subtracts float64 steps from them in place). So tinygraph's float32 rows compute "
                        "mostly in float64 while the floor and torch compute in float32.")
+            for name in ("medium", "large"):
+                c = table[name]
+                mm = mixed_dtype_matmul(c.B, c.H)
+                out.append(f"what the upcast costs: the {name} recurrence's ({c.B}, {c.H}) @ ({c.H}, {c.H}) matmul takes "
+                           + ", ".join(f"{k} {v:.3f} ms" for k, v in mm.items())
+                           + " (best of 7; with mixed operands numpy casts the float32 one on every call)")
         else:
             out.append("tinygraph keeps float32 throughout (states and weight gradients are float32).")
     bad = [(r["config"]["name"], r["dtype"], n, a["max_rel"]) for r in results
@@ -165,7 +171,7 @@ def _main(a, argv):
                "machine": info, "quick": a.quick,
                "options": {"wait_idle": a.wait_idle, "idle_threshold": a.idle_threshold, "idle_budget": a.idle_budget, "repeats": a.repeats, "warmup": a.warmup, "pause": a.pause, "prime": a.prime, "torch": use_torch,
                            "torch_skip": sorted(a.torch_skip)},
-               "results": results, "findings": findings(results)}
+               "results": results, "findings": findings(results, a.table)}
     if a.memory:
         print("memory at 'long' ...", flush=True)
         payload["memory"] = []
@@ -182,10 +188,18 @@ def _main(a, argv):
     if a.profile:
         if a.wait_idle:
             wait_idle(min(a.wait_idle, a.idle_budget), threshold=a.idle_threshold, log=None)
-        payload["profile"] = profile_tinygraph(a.table[a.profile], "float64")
         payload["profile_config"] = a.profile
-        print(f"cProfile of one tinygraph step at {a.profile} (float64):")
-        print("\n".join(payload["profile"].strip().splitlines()[:30]))
+        payload["phases"] = {}
+        for dtype in a.dtypes:
+            phases, text = profile_tinygraph(a.table[a.profile], dtype)
+            payload["phases"][dtype] = phases
+            if dtype == "float64" or len(a.dtypes) == 1:
+                payload["profile"] = text
+                payload["profile_dtype"] = dtype
+        print(f"tinygraph step phases at {a.profile} (median ms): " +
+              "; ".join(f"{d}: " + ", ".join(f"{k} {v:.2f}" for k, v in p.items()) for d, p in payload["phases"].items()))
+        print(f"cProfile of one tinygraph step at {a.profile} ({payload['profile_dtype']}):")
+        print("\n".join(payload["profile"].splitlines()[:30]))
     try:
         payload["loadavg_end"] = os.getloadavg()
     except OSError:

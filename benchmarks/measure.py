@@ -320,7 +320,6 @@ def build_probe(T, H, B, I, dtype="float64"):
     """Run in a fresh process: time building the net, unrolling it, the first run (emits the
     graph for the run's clamps and targets, compiles the plan, runs forward and backward) and
     two more runs (forward and backward only), plus one SGD step.  Returns a dict."""
-    import resource
     import rnn
     import tinygraph as tg
     dt = DTYPES[dtype]
@@ -350,8 +349,21 @@ def build_probe(T, H, B, I, dtype="float64"):
                sgd_first_step_s=sgd_first, nodes=len(r.graph.nodes), loss=r.loss,
                build_and_first_run_s=t2 - t0,
                compile_est_s=(t2 - t1) - min(runs),
-               maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+               maxrss_mb=_peak_rss_mb())
     return out
+
+
+def _peak_rss_mb():
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_scaling(steps=(1_000, 10_000, 100_000), timeout=600, dtype="float64", wait=0, log=print):
@@ -397,20 +409,69 @@ def build_scaling(steps=(1_000, 10_000, 100_000), timeout=600, dtype="float64", 
     return results
 
 
+# ----------------------------------------------------------------- dtype
+
+def mixed_dtype_matmul(B, H, repeats=7):
+    """Best-of times (ms) of a (B, H) @ (H, H) matmul with the operand dtypes tinygraph's float32 runs
+    mix (float64 activations against float32 weights) and the pure ones."""
+    import timeit
+    rng = np.random.default_rng(0)
+    a64, w64 = rng.standard_normal((B, H)), rng.standard_normal((H, H))
+    a32, w32 = a64.astype(np.float32), w64.astype(np.float32)
+    out = {}
+    for name, (x, w) in {"f64 @ f64": (a64, w64), "f64 @ f32": (a64, w32), "f32 @ f32": (a32, w32)}.items():
+        n = max(3, int(2e7 / (B * H * H)))
+        out[name] = min(timeit.repeat(lambda: np.matmul(x, w), number=n, repeat=repeats)) / n * 1e3
+    return out
+
+
 # ----------------------------------------------------------------- profile
 
-def profile_tinygraph(config, dtype="float64", top=15):
-    """cProfile of one tinygraph training step (after warm-up); returns the stats text."""
+def profile_tinygraph(config, dtype="float64", top=12, repeats=5):
+    """Where one tinygraph training step spends its time: the phases (forward only, forward and
+    backward, SGD step; medians of ``repeats``) and cProfile's top functions by own time (numpy
+    ufuncs such as matmul and tanh are not seen by cProfile: their time is their caller's).
+    Returns (phases dict in ms, stats text)."""
     import cProfile
     import io
     import pstats
+
+    import rnn
     impl = make_impls(config, dtype, use_torch=False)[1]
     impl.step()
     impl.step()
+    inputs, targets = [rnn.Clamp("x", impl.X)], [rnn.Target("y", impl.Y, steps="all")]
+    ph = {"forward": [], "forward+backward": [], "SGD step": []}
+    for _ in range(repeats):
+        gc.collect()
+        a = time.perf_counter()
+        impl.ff.run(inputs, targets, backward=False)
+        b = time.perf_counter()
+        out = impl.ff.run(inputs, targets)
+        c = time.perf_counter()
+        impl.opt.step(out.grads)
+        d = time.perf_counter()
+        del out
+        ph["forward"].append(b - a)
+        ph["forward+backward"].append(c - b)
+        ph["SGD step"].append(d - c)
+    phases = {k: float(np.median(v) * 1e3) for k, v in ph.items()}
+    gc.collect()
     pr = cProfile.Profile()
     pr.enable()
     impl.step()
     pr.disable()
-    s = io.StringIO()
-    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
-    return s.getvalue()
+    st = pstats.Stats(pr, stream=io.StringIO())
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    rows = []
+    total = 0.0
+    for (fname, line, func), (cc, nc, tt, ct, _) in st.stats.items():
+        total += tt
+        where = f"{fname.replace(root, '')}:{line}({func})" if fname != "~" else func
+        rows.append((tt, ct, nc, where))
+    rows.sort(reverse=True)
+    lines = [f"one step: {total * 1e3:.2f} ms under cProfile; top {top} by own time",
+             f"{'calls':>7} {'own ms':>8} {'cum ms':>8}  function"]
+    lines += [f"{nc:>7} {tt * 1e3:>8.2f} {ct * 1e3:>8.2f}  {where}" for tt, ct, nc, where in rows[:top]]
+    text = "\n".join(lines)
+    return phases, text

@@ -86,6 +86,12 @@ def results_md(payload):
              "against the floor's median, measured in one process with the implementations interleaved "
              "(A B C D A B C D ...).")
     L.append("")
+    L.append("Run from the repository root: `python -m benchmarks` (all configs, float32 and float64; `--help` for "
+             "options; `--all` adds memory, build scaling and a profile; `--quick --no-torch` is a smoke run). "
+             "PyTorch rows appear when `import torch` works (it is not a dependency). Step by step: "
+             "`benchmarks/floor.py` (the floor), `benchmarks/impls.py` (tinygraph, PyTorch), "
+             "`benchmarks/measure.py` (timing, agreement, memory, build scaling).")
+    L.append("")
     L.append(f"- command: `{payload['command']}`")
     L.append(f"- date: {m['date']}")
     L.append(f"- machine: {m['cpu']}, {m['cores']} cores ({m.get('cores_usable')} usable), "
@@ -222,6 +228,19 @@ def results_md(payload):
     L.append("")
     if payload.get("profile"):
         L.append("## Where a tinygraph step spends its time")
+        L.append("")
+        cfg = payload.get("profile_config")
+        L.append(f"At '{cfg}', after warm-up, median of 5: forward only (`ff.run(..., backward=False)`), forward "
+                 "and backward (`ff.run`), and the SGD step (`opt.step(out.grads)`), in ms:")
+        L.append("")
+        L.append("| dtype | forward | forward+backward | SGD step |")
+        L.append("|---|---:|---:|---:|")
+        for d, p in payload.get("phases", {}).items():
+            L.append(f"| {d} | {p['forward']:.2f} | {p['forward+backward']:.2f} | {p['SGD step']:.2f} |")
+        L.append("")
+        L.append(f"cProfile of one step ({payload.get('profile_dtype')}), top functions by own time. cProfile does "
+                 "not see numpy ufuncs (np.matmul, np.tanh, ...): their time is counted in the function that calls "
+                 "them.")
         L.append("")
         L.append("```")
         L.append(payload["profile"].strip())

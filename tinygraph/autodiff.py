@@ -148,7 +148,12 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
             continue
         _, index, fwd, in_idx, _ = step
         try:
-            values[index] = fwd(*[values[j] for j in in_idx])
+            if len(in_idx) == 1:  # the common arities without building an argument list
+                values[index] = fwd(values[in_idx[0]])
+            elif len(in_idx) == 2:
+                values[index] = fwd(values[in_idx[0]], values[in_idx[1]])
+            else:
+                values[index] = fwd(*[values[j] for j in in_idx])
         except (ValueError, IndexError) as exc:
             _run_error(nodes[index], values, exc)
         if check_finite:
@@ -224,8 +229,12 @@ def _forward_batch(b, values, bstore):
     except (ValueError, IndexError):
         return False  # run member by member, which names the node that fails
     bstore[b.id] = (out, args)
-    for k, m in enumerate(b.members):
-        values[m] = out[k, ...]
+    if out.ndim > 1:
+        for m, row in zip(b.members, out):  # rows are views: every member keeps its own value
+            values[m] = row
+    else:
+        for k, m in enumerate(b.members):
+            values[m] = out[k, ...]  # a 0-d view, not a copied scalar
     return True
 
 
