@@ -64,13 +64,33 @@ class TieGroup:
 
 
 class LinearConstraint:
-    """``sum_i coefficients[W_i] @ vec(W_i) = rhs`` (``kind`` names structured sugar)."""
+    """``sum_i coefficients[W_i] @ vec(W_i) = rhs``.
 
-    def __init__(self, coefficients, rhs, kind="general"):
-        self.coefficients = coefficients  # {param node: (m, size) array}, or None for structured kinds
-        self.rhs = rhs
+    ``kind`` "symmetric" (W == W.T) and "transpose" (W1 == W2.T) have closed-form
+    projections; their dense coefficient matrices (quadratic in the weight's size) are
+    built only if they join other constraints in one system.
+    """
+
+    def __init__(self, coefficients, rhs, kind="general", params=None, dense=None):
+        self._coefficients = coefficients  # {param node: (m, size) array}, or None until needed
+        self._rhs = rhs
+        self._dense = dense  # () -> (coefficients, rhs), for structured kinds
         self.kind = kind
-        self.params = list(coefficients)
+        self.params = list(params if params is not None else coefficients)
+
+    def _materialize(self):
+        if self._coefficients is None:
+            self._coefficients, self._rhs = self._dense()
+
+    @property
+    def coefficients(self):
+        self._materialize()
+        return self._coefficients
+
+    @property
+    def rhs(self):
+        self._materialize()
+        return self._rhs
 
     def __repr__(self):
         return f"<LinearConstraint {self.kind} over {[p.name for p in self.params]}>"
@@ -134,6 +154,56 @@ class _System:
         x = x - self.pinv @ (self.A @ x - self.d)
         for v, new in zip(self.variables, self.split(x)):
             _assign(v, new)
+
+
+class _SymmetricSystem:
+    """W == W.T alone: the projection is (G + G.T) / 2, with no matrix to store."""
+
+    def __init__(self, variable, constraint):
+        self.variables = [variable]
+        self.constraints = [constraint]
+
+    def names(self):
+        return [self.constraints[0].params[0].name]
+
+    def project(self, per_var):
+        (v,) = self.variables
+        g = np.asarray(per_var[v], dtype=np.float64)
+        return {v: 0.5 * (g + g.T)}
+
+    def residual(self):
+        x = self.variables[0].value
+        return float(np.linalg.norm(x - x.T) / np.sqrt(2) / max(1.0, float(np.linalg.norm(x))))
+
+    def correct_values(self):
+        x = self.variables[0].value
+        _assign(self.variables[0], 0.5 * (x + x.T))
+
+
+class _TransposeSystem:
+    """W1 == W2.T alone: the projection averages G1 with G2.T."""
+
+    def __init__(self, v1, v2, constraint):
+        self.variables = [v1, v2]
+        self.constraints = [constraint]
+
+    def names(self):
+        return sorted(p.name for p in self.constraints[0].params)
+
+    def project(self, per_var):
+        v1, v2 = self.variables
+        a = 0.5 * (np.asarray(per_var[v1], dtype=np.float64) + np.asarray(per_var[v2], dtype=np.float64).T)
+        return {v1: a, v2: a.T.copy()}
+
+    def residual(self):
+        x1, x2 = (v.value for v in self.variables)
+        return float(np.linalg.norm(x1 - x2.T) / max(1.0, float(np.linalg.norm(x1) + np.linalg.norm(x2))))
+
+    def correct_values(self):
+        x1, x2 = (v.value for v in self.variables)
+        a = 0.5 * (x1 + x2.T)
+        _assign(self.variables[0], a)
+        _assign(self.variables[1], a.T)
 
 
 def _assign(variable, new_value):
@@ -271,7 +341,10 @@ class ConstraintSet:
             raise ConstraintError(f"constrain: rhs has {rhs.size} entries but the constraint has {m} rows")
         if not np.all(np.isfinite(rhs)):
             raise ConstraintError(f"constrain over {[p.name for p in coeffs]}: rhs holds NaN or infinity")
-        c = LinearConstraint(coeffs, rhs, kind)
+        return self._add(LinearConstraint(coeffs, rhs, kind), project_init)
+
+    def _add(self, c, project_init):
+        """Register constraint c, rebuild the systems, and check (or fix) the current values."""
         self.constraints.append(c)
         try:
             self._rebuild()
@@ -295,14 +368,17 @@ class ConstraintSet:
         if W.value.ndim != 2 or W.value.shape[0] != W.value.shape[1]:
             raise ConstraintError(f"constrain_symmetric: '{W.name}' has shape {W.value.shape}; it must be square")
         n = W.value.shape[0]
-        rows = [(i, j) for i in range(n) for j in range(i + 1, n)]
-        if not rows:
+        if n < 2:
             return None
-        C = np.zeros((len(rows), n * n))
-        for r, (i, j) in enumerate(rows):
-            C[r, i * n + j] = 1.0
-            C[r, j * n + i] = -1.0
-        return self.constrain({W: C}, project_init=project_init, kind="symmetric")
+
+        def dense():
+            rows = [(i, j) for i in range(n) for j in range(i + 1, n)]
+            C = np.zeros((len(rows), n * n))
+            for r, (i, j) in enumerate(rows):
+                C[r, i * n + j] = 1.0
+                C[r, j * n + i] = -1.0
+            return {W: C}, np.zeros(len(rows))
+        return self._add(LinearConstraint(None, None, "symmetric", params=[W], dense=dense), project_init)
 
     def constrain_transpose(self, W1, W2, project_init=False):
         W1 = self._param(W1, "constrain_transpose")
@@ -311,13 +387,16 @@ class ConstraintSet:
             raise ConstraintError(
                 f"constrain_transpose: '{W1.name}' {W1.value.shape} must have the transposed shape of "
                 f"'{W2.name}' {W2.value.shape}")
+        if W1 is W2:
+            return self.constrain_symmetric(W1, project_init=project_init)
         a, b = W1.value.shape
-        size = a * b
-        C1 = np.eye(size)
-        # vec(W2.T)[i*b + j] = W2[j, i] = vec(W2)[j*a + i]
-        perm = np.array([j * a + i for i in range(a) for j in range(b)])
-        C2 = -np.eye(size)[perm]
-        return self.constrain({W1: C1, W2: C2}, project_init=project_init, kind="transpose")
+
+        def dense():
+            size = a * b
+            # vec(W2.T)[i*b + j] = W2[j, i] = vec(W2)[j*a + i]
+            perm = np.array([j * a + i for i in range(a) for j in range(b)])
+            return {W1: np.eye(size), W2: -np.eye(size)[perm]}, np.zeros(size)
+        return self._add(LinearConstraint(None, None, "transpose", params=[W1, W2], dense=dense), project_init)
 
     # ------------------------------------------------------------ compiled view
     def _rebuild(self):
@@ -354,7 +433,14 @@ class ConstraintSet:
                 for p in c.params:
                     v = self.variable(p)
                     seen.setdefault(id(v), v)
-            systems.append(_System(list(seen.values()), cs, self.variable))
+            variables = list(seen.values())
+            if len(cs) == 1 and cs[0].kind == "symmetric":
+                systems.append(_SymmetricSystem(variables[0], cs[0]))
+            elif len(cs) == 1 and cs[0].kind == "transpose" and len(variables) == 2:
+                v1, v2 = (self.variable(p) for p in cs[0].params)
+                systems.append(_TransposeSystem(v1, v2, cs[0]))
+            else:
+                systems.append(_System(variables, cs, self.variable))
         self._systems = systems
         self._system_of = {id(v): s for s in systems for v in s.variables}
 
