@@ -81,7 +81,9 @@ def resolve_units(units, size, where):
 
 def _values(values, n_steps, n_units, where, integer=False):
     try:
-        arr = np.asarray(values, dtype=np.int64 if integer else np.float64)
+        arr = np.asarray(values, dtype=np.int64) if integer else np.asarray(values)
+        if not integer and not np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float64)  # a float dtype the user chose (float32) is kept
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: values must be numeric arrays ({exc})") from None
     last = () if integer else (n_units,)

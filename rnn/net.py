@@ -202,6 +202,11 @@ class RecurrentNet:
         return [c for c in self.connections.values() if c.dst == dst]
 
     @property
+    def dtype(self):
+        """The float dtype the weights share (float64 unless the user stored, e.g., float32 arrays)."""
+        return np.result_type(*self.weights.values()) if self.weights else np.dtype(np.float64)
+
+    @property
     def max_delay(self):
         return max((c.delay for c in self.connections.values()), default=0)
 

@@ -76,7 +76,7 @@ class Emitted:
                     self.copies[f"init:{grp}"].append(base)
                     self.copy_steps[f"init:{grp}"].append(0)
                 else:
-                    base = g.const(initial_state(G), name=base_name)
+                    base = g.const(initial_state(G, net.dtype), name=base_name)
                 if batched:
                     base = tg.broadcast_like(base, self.batch_node,
                                              name=f"rows[{grp}]@t0" if partial else f"{grp}@t0")
@@ -115,7 +115,7 @@ class Emitted:
                 if terms:
                     total = tg.add_n(terms, name=f"net[{grp}]@t{t}")
                 else:
-                    total = g.const(np.zeros(G.size), name=f"net[{grp}]@t{t}")
+                    total = g.const(np.zeros(G.size, dtype=net.dtype), name=f"net[{grp}]@t{t}")
                 self.totals[t][grp] = total
                 partial = bool(clamp_at.get((grp, t)))
                 state = _ACT[G.activation](total, name=f"act[{grp}]@t{t}" if partial else f"{grp}@t{t}")
@@ -177,12 +177,12 @@ class Emitted:
         return len(self.copies) == len(self.net.weights)
 
 
-def initial_state(group):
+def initial_state(group, dtype=np.float64):
     """The fixed initial state of an unclamped, unlearned group, as a (units,) array."""
     init = group.initial
     if init is None:
         init = group.default_initial()
-    return np.broadcast_to(np.asarray(init, dtype=np.float64), (group.size,)).copy()
+    return np.broadcast_to(np.asarray(init, dtype=dtype), (group.size,)).copy()
 
 
 def _signature(clamps, targets, truncate):
