@@ -5,7 +5,7 @@ Examples (from the repository root)::
     python -m benchmarks                                  # all configs, float32 and float64, table + JSON + RESULTS.md
     python -m benchmarks --all                            # also build scaling, memory and a profile
     python -m benchmarks --configs tiny,medium --dtype float32 --repeats 20
-    python -m benchmarks --quick --no-torch --json /tmp/b.json   # seconds; does not touch RESULTS.md
+    python -m benchmarks --quick --no-torch               # seconds; writes no files unless --json/--results
 """
 
 import argparse
@@ -39,7 +39,8 @@ def parse_args(argv):
                     help="seconds of idle before each timed step, so the other runtime's BLAS/OpenMP threads stop "
                          "spinning (default 0.1 when PyTorch runs, else 0)")
     ap.add_argument("--json", default=None, metavar="PATH",
-                    help="where to write the JSON results (default benchmarks/results.json)")
+                    help="where to write the JSON results (default benchmarks/results.json; not written with --quick "
+                         "unless given)")
     ap.add_argument("--results", default=None, metavar="PATH",
                     help="where to write the markdown results (default benchmarks/RESULTS.md; not written with "
                          "--quick unless given)")
@@ -89,7 +90,8 @@ def parse_args(argv):
         a.build_steps = [int(s) for s in steps.split(",") if s.strip()]
     except ValueError:
         ap.error(f"--build-steps: comma-separated ints, got {steps!r}")
-    a.json = a.json or os.path.join(HERE, "results.json")
+    if a.json is None and not a.quick:
+        a.json = os.path.join(HERE, "results.json")
     if a.results is None and not a.quick:
         a.results = os.path.join(HERE, "RESULTS.md")
     a.torch_skip = {c.strip() for c in a.torch_skip.split(",") if c.strip()}
@@ -208,8 +210,9 @@ def _main(a, argv):
     print(text_table(results))
     for f in payload["findings"]:
         print("finding:", f)
-    write_json(a.json, payload)
-    print(f"JSON: {a.json}")
+    if a.json:
+        write_json(a.json, payload)
+        print(f"JSON: {a.json}")
     if a.results:
         with open(a.results + ".tmp", "w") as f:
             f.write(results_md(payload))

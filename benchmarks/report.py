@@ -143,6 +143,10 @@ def results_md(payload):
              "(PyTorch's most: its OpenMP threads wait for a core) and makes that row noisy. redone: rounds "
              "measured under load and thrown away.")
     L.append("")
+    L.append("Noise: this is a 2-core VM whose speed drifts with its host; absolute times moved by up to ~30% between "
+             "runs minutes apart with the machine otherwise idle, so compare ratios from one run, not times across "
+             "runs. Every timed step is in the JSON (`times_ms`), with quartiles.")
+    L.append("")
     L.append("The issue's reference ratios (float32, 2 cores, against its floor): "
              + "; ".join(f"{k} " + " / ".join(f"{v[c]:g}x" for c in ("tiny", "medium", "large", "long"))
                          for k, v in REFERENCE.items()) + " (tiny / medium / large / long).")
