@@ -294,7 +294,7 @@ class Activations:
                                     f"{out.shape}, got {seed!r}") from None
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
-        grads, tsum, lazy = backward_pass(self, loss, seed, check_finite)
+        grads, tsum, lazy, finals = backward_pass(self, loss, seed, check_finite)
         if check_finite:  # the loop checks what it propagates; sources end it, so check them here
             for n in self.plan.order:
                 lz = lazy.get(n.index)
@@ -304,7 +304,7 @@ class Activations:
             for t in self.plan.tied.values():
                 if _not_finite(tsum.get(id(t))):
                     _nonfinite_grad(t.members[0])
-        return Gradients(self, loss, grads, tsum, lazy)
+        return Gradients(self, loss, grads, tsum, lazy, finals)
 
 
 def backward_pass(acts, loss, seed, check_finite=False):
@@ -324,6 +324,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
     tsum = {}
     bgrads = {}
     lazy = {}
+    finals = {}
+    seed_batch = plan.member_of.get(loss.index, (None,))[0]
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
 
@@ -361,7 +363,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
         if step[0] == BATCH:
             b = step[1]
             if b.id in bstore:
-                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, check_finite)
+                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, check_finite,
+                                seed_batch)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -415,7 +418,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             total = unbroadcast(total, plan.tie_shapes[tid])
             cur = tsum.get(tid)
             tsum[tid] = total if cur is None else cur + total
-    return grads, tsum, lazy
+    return grads, tsum, lazy, finals
 
 
 def _nonfinite_grad(node):
@@ -437,15 +440,19 @@ def _backward_single(node, values, grads, accumulate, check_finite):
             accumulate(i.index, _ops.unbroadcast(gi, np.shape(values[i.index])))
 
 
-def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, check_finite=False):
+def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, check_finite=False,
+                    seed_batch=None):
     """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
     (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
     source nodes fed stacked, unless something else also contributes to them."""
     out, args = bstore[b.id]
     G = bgrads.pop(b.id, None)
     members = b.members
-    per = [grads[m] for m in members]
-    some = any(p is not None for p in per)
+    if b.from_singles or b.id == seed_batch:  # contributions left in grads[member] (or the seed)
+        per = [grads[m] for m in members]
+        some = any(p is not None for p in per)
+    else:
+        per, some = None, False
     if G is None and not some:
         return
     if G is None:
@@ -455,15 +462,14 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, c
         for k, p in enumerate(per):
             if p is not None:
                 G[k] += p
-    for k, m in enumerate(members):
-        lazy[m] = (G, k)
+    finals[b.id] = G  # member k's gradient is row k (plan.member_of): handed out when asked
     if check_finite and _not_finite(G):
         for k, m in enumerate(members):
             if _not_finite(G[k]):
                 _nonfinite_grad(nodes[m])
     unbroadcast = _ops.unbroadcast
     for pos, (kind, ref) in enumerate(b.inputs):
-        if kind == "stack" and all(nodes[j].op == "input" for j in ref):
+        if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             deferred = _Deferred(b, pos, G, out, args, np.shape(values[ref[0]]))
             for k, j in enumerate(ref):
@@ -532,18 +538,22 @@ class Gradients:
     ``grads.constrained()`` applies the graph's ties and linear constraints.
     """
 
-    def __init__(self, acts, loss, grads, tied_sums=None, lazy=None):
+    def __init__(self, acts, loss, grads, tied_sums=None, lazy=None, finals=None):
         self.acts = acts
         self.graph = acts.graph
         self.loss = loss
         self._grads = grads
         self._tied_sums = tied_sums or {}
         self._lazy = lazy or {}
+        self._finals = finals or {}
         self._copy_cache = {}
 
     def _raw(self, i):
         """The stored gradient of node index i, or None: a batch member's row of the
         stacked gradient, plus (for a fed input) any contribution stored separately."""
+        mb = self.acts.plan.member_of.get(i)
+        if mb is not None and mb[0] in self._finals:
+            return self._finals[mb[0]][mb[1]]  # a batch member: its row of the batch's gradient
         lz = self._lazy.get(i)
         if lz is None:
             return self._grads[i] if i < len(self._grads) else None

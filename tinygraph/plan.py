@@ -46,7 +46,8 @@ class Batch:
     ("shared", j) one node for all; ("tied", js) tied copies sharing one storage;
     ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
 
-    __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel")
+    __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
+                 "from_singles")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -208,6 +209,32 @@ class Plan:
             if units is None:
                 batches = []
         self.batches = {b.id: b for b in batches}
+        # where a batch member's gradient lives after backward: row k of its batch's stacked gradient
+        self.member_of = {m: (b.id, k) for b in batches for k, m in enumerate(b.members)}
+        nodes_ = graph.nodes
+        for b in batches:
+            # operands that are fed inputs: their gradient is needed by nobody upstream (deferred)
+            b.fed = tuple(kind == "stack" and all(nodes_[j].op == "input" for j in ref) for kind, ref in b.inputs)
+            b.from_singles = False  # do single (unbatched) nodes consume members? then gather their grads
+        # a batch whose members also get gradient other than as a whole stacked operand of
+        # another batch (from single nodes, or as a partial "stack"/"shared" operand) must
+        # gather those per-member contributions in backward
+        member_of = self.member_of
+        for n in self.order:
+            if n.index in member_of:
+                continue
+            for i in n.inputs:
+                mb = member_of.get(i.index)
+                if mb is not None:
+                    self.batches[mb[0]].from_singles = True
+        for b in batches:
+            for kind, ref in b.inputs:
+                if kind == "batch":
+                    continue
+                for j in ((ref,) if kind == "shared" else ref):
+                    mb = member_of.get(j)
+                    if mb is not None:
+                        self.batches[mb[0]].from_singles = True
         tie_of = graph.constraints._tie_of
         self.tied = {}  # node index -> tie group, for params whose gradient accumulates in one buffer
         for n in self.order:
