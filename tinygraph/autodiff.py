@@ -209,14 +209,13 @@ def _batch_args(b, values, bstore):
 
 def _stack(vals):
     """np.stack for many small arrays, with less per-array overhead; None if shapes differ."""
-    first = np.asarray(vals[0])
-    shape = first.shape
-    out = np.empty((len(vals),) + shape, dtype=np.result_type(*{v.dtype for v in vals}) if len(vals) else first.dtype)
-    for k, v in enumerate(vals):
+    shape = np.shape(vals[0])
+    for v in vals:
         if v.shape != shape:
             return None
-        out[k] = v
-    return out
+    if shape:
+        return np.concatenate(vals).reshape((len(vals),) + shape)
+    return np.array(vals)
 
 
 def _forward_batch(b, values, bstore):
