@@ -3,6 +3,7 @@
 Build a graph once, run it many times with feeds, and read dE/d(anything).
 """
 
+from .allocator import keep_freed_memory
 from .errors import (ConstraintError, FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError,
                      UnknownNodeError, UnknownOpError)
 from .graph import Graph
@@ -17,3 +18,5 @@ from .io import PersistError, load_params, save_params
 from .render import render
 
 __version__ = "0.1.0"
+
+keep_freed_memory()  # runs allocate afresh each time: let malloc reuse the freed blocks (allocator.py)

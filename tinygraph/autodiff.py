@@ -11,7 +11,7 @@ import numpy as np
 from . import ops as _ops
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import BATCH, Plan, lift
+from .plan import BATCH, TIED_OUTER, Plan, lift
 from .shapes import fmt
 
 BATCH_ACROSS = True  # batch identical independent nodes (see plan.py); False runs node by node
@@ -327,6 +327,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     seed_batch = plan.member_of.get(loss.index, (None,))[0]
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
+    outer = {}  # id(tie group) -> ([a], [g]): deferred shares a.T @ g of tied matmul weights
 
     # Buffers this sweep created itself (sums of two contributions) may take further
     # contributions in place; any other gradient array may be shared and is never written.
@@ -378,6 +379,13 @@ def backward_pass(acts, loss, seed, check_finite=False):
         for j, vjp, t in vjps:
             if vjp is passthrough:
                 gi = g
+            elif vjp is TIED_OUTER:
+                pair = outer.get(id(t))
+                if pair is None:
+                    pair = outer[id(t)] = ([], [])
+                pair[0].append(values[in_idx[0]])
+                pair[1].append(g)
+                continue
             else:
                 if ins is None:
                     ins = [values[k] for k in in_idx]
@@ -412,12 +420,33 @@ def backward_pass(acts, loss, seed, check_finite=False):
             else:
                 grads[j] = prev + gi  # a new buffer: gi and prev may be shared with other nodes
                 owned.add(j)
+    for tid, (As, Gs) in outer.items():
+        total = _sum_outer(As, Gs)
+        cur = tsum.get(tid)
+        tsum[tid] = total if cur is None else cur + total
     if wide:
         for (tid, _), total in wide.items():
             total = unbroadcast(total, plan.tie_shapes[tid])
             cur = tsum.get(tid)
             tsum[tid] = total if cur is None else cur + total
     return grads, tsum, lazy, finals
+
+
+OUTER_CHUNK = 1 << 20  # elements per stacked operand: bounds the extra memory of _sum_outer
+
+
+def _sum_outer(As, Gs):
+    """sum_k As[k].T @ Gs[k] as a few large matrix products over row-stacked chunks
+    (one BLAS call instead of one per time step; the order of the sum differs, by rounding only)."""
+    total = None
+    n = len(As)
+    per = max(1, OUTER_CHUNK // max(1, As[0].size + Gs[0].size))
+    for lo in range(n - 1, -1, -per):  # backward collected them last step first
+        a = As[max(0, lo - per + 1):lo + 1]
+        g = Gs[max(0, lo - per + 1):lo + 1]
+        part = (a[0].T @ g[0]) if len(a) == 1 else np.concatenate(a).T @ np.concatenate(g)
+        total = part if total is None else total + part
+    return total
 
 
 def _nonfinite_grad(node):

@@ -24,6 +24,12 @@ from . import ops as _ops
 from .errors import GraphError
 
 SINGLE, BATCH = 0, 1
+
+
+def TIED_OUTER(g, out, a, b):
+    """Marks the VJP of a 2-D matmul's tied weight: backward collects (a, g) and sums
+    a.T @ g over all copies in one matrix product (see autodiff.backward_pass)."""
+    return a.T @ g
 MIN_BATCH = 2
 
 
@@ -261,6 +267,10 @@ class Plan:
             fwd = partial(op.forward, **n.attrs) if n.attrs else op.forward
             # (input index, bound VJP, tie group or None): the backward loop looks nothing up
             vjps = tuple((j, _bound_vjp(op, pos, n.attrs), self.tied.get(j)) for pos, j in enumerate(in_idx))
+            if n.op == "matmul" and vjps[1][2] is not None and all(len(i.shape) == 2 for i in n.inputs):
+                # a tied weight's share a.T @ g: deferred, so all copies' shares become one
+                # matrix product at the end of the sweep (as hand-written BPTT does)
+                vjps = (vjps[0], (vjps[1][0], TIED_OUTER, vjps[1][2]))
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
         self.steps = steps
         self._consumers = None
