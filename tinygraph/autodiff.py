@@ -11,7 +11,7 @@ import numpy as np
 from . import ops as _ops
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import BATCH, TIED_OUTER, Plan, lift
+from .plan import BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, SlopeRow, lift, stack_rows
 from .shapes import fmt
 
 BATCH_ACROSS = True  # batch identical independent nodes (see plan.py); False runs node by node
@@ -199,23 +199,12 @@ def _batch_args(b, values, bstore):
                 return None
             stacked = True
         else:
-            a = _stack([values[j] for j in ref])
+            a = stack_rows([values[j] for j in ref])
             if a is None:
                 return None
             stacked = True
         args.append(lift(a, b.rank, stacked) if lifted else a)
     return args
-
-
-def _stack(vals):
-    """np.stack for many small arrays, with less per-array overhead; None if shapes differ."""
-    shape = np.shape(vals[0])
-    for v in vals:
-        if v.shape != shape:
-            return None
-    if shape:
-        return np.concatenate(vals).reshape((len(vals),) + shape)
-    return np.array(vals)
 
 
 def _forward_batch(b, values, bstore):
@@ -328,6 +317,9 @@ def backward_pass(acts, loss, seed, check_finite=False):
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
     outer = {}  # id(tie group) -> ([a], [g]): deferred shares a.T @ g of tied matmul weights
+    slopes = {}  # slope group -> its members' slopes, computed at the first member reached
+    transposed = {}  # id(shared weight array) -> its transpose, contiguous (one per sweep)
+    dot = np.dot
 
     # Buffers this sweep created itself (sums of two contributions) may take further
     # contributions in place; any other gradient array may be shared and is never written.
@@ -363,8 +355,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
         if step[0] == BATCH:
             b = step[1]
             if b.id in bstore:
-                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, check_finite,
-                                seed_batch)
+                _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied,
+                                check_finite, seed_batch)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -379,6 +371,27 @@ def backward_pass(acts, loss, seed, check_finite=False):
         for j, vjp, t in vjps:
             if vjp is passthrough:
                 gi = g
+            elif type(vjp) is SlopeRow:
+                sl = slopes.get(vjp.group)
+                if sl is None:
+                    sl = slopes[vjp.group] = vjp.group.compute(values)
+                gi = g * sl[vjp.k]
+            elif vjp is TIED_MATMUL_A:
+                w = values[in_idx[1]]
+                wT = transposed.get(id(w))
+                if wT is None:
+                    wT = transposed[id(w)] = np.ascontiguousarray(w.T)
+                gi = dot(g, wT)  # a fresh array: it may become j's own buffer
+                prev = grads[j]
+                if prev is None:
+                    grads[j] = gi
+                    owned.add(j)
+                    continue
+                if prev.shape == gi.shape and prev.dtype == gi.dtype:
+                    gi += prev
+                    grads[j] = gi
+                    owned.add(j)
+                    continue
             elif vjp is TIED_OUTER:
                 pair = outer.get(id(t))
                 if pair is None:
@@ -468,7 +481,7 @@ def _backward_single(node, values, grads, accumulate, check_finite):
             accumulate(i.index, _ops.unbroadcast(gi, np.shape(values[i.index])))
 
 
-def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, check_finite=False,
+def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied, check_finite=False,
                     seed_batch=None):
     """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
     (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
@@ -484,7 +497,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
     if G is None and not some:
         return
     if G is None:
-        G = _stack([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(members, per)])
+        G = stack_rows([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(members, per)])
     elif some:
         G = np.array(G, copy=True)
         for k, p in enumerate(per):
@@ -523,8 +536,11 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             natural = gi.shape[:1] + np.shape(values[ref[0]])
             if gi.shape != natural:
                 gi = gi.reshape(natural)
-            for k, j in enumerate(ref):
-                accumulate(j, gi[k])
+            for j, row in zip(ref, gi):
+                if grads[j] is None and j not in tied:
+                    grads[j] = row  # the first contribution: a view, not owned (accumulate copies on the next)
+                else:
+                    accumulate(j, row)
 
 
 def _batch_vjp(b, pos, G, out, args):

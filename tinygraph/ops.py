@@ -33,6 +33,10 @@ class OpDef:
     # dedicated versions (losses: one value per member; lift says whether operands
     # broadcast elementwise), or None (not batched).
     batch: object = None
+    # For elementwise unary ops whose derivative can be read off the output alone
+    # (tanh: 1 - out^2): slope(out).  Its VJP is g * slope(out), and the engine may compute
+    # the slopes of many nodes of this op in one call (see plan.SlopeRow).
+    slope: Callable = None
 
     def vjp(self, i, g, out, values, attrs):
         if self.variadic:
@@ -45,18 +49,19 @@ class OpDef:
 REGISTRY: dict[str, OpDef] = {}
 
 
-def defop(name, forward, vjps, shape, variadic=False, batch=None):
+def defop(name, forward, vjps, shape, variadic=False, batch=None, slope=None):
     """Register an op: forward(*values, **attrs), its VJPs, its shape rule and (optionally)
-    how it batches across identical independent nodes (see OpDef.batch)."""
+    how it batches across identical independent nodes (see OpDef.batch) and, for an
+    elementwise unary op, its derivative as a function of its output (see OpDef.slope)."""
     if name in REGISTRY:
         raise ValueError(f"op '{name}' is already registered")
-    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic, batch)
+    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic, batch, slope)
     return REGISTRY[name]
 
 
 def _set_batch(name, rule):
     op = REGISTRY[name]
-    REGISTRY[name] = OpDef(op.name, op.forward, op.vjps, op.shape, op.variadic, rule)
+    REGISTRY[name] = OpDef(op.name, op.forward, op.vjps, op.shape, op.variadic, rule, op.slope)
 
 
 def get(name):
@@ -272,12 +277,17 @@ def _same_shape(s):
     return s
 
 
-defop("exp", np.exp, (lambda g, out, x: g * out,), _same_shape)
+def _def_unary(name, forward, slope):
+    """An elementwise op whose derivative is slope(out): its VJP is g * slope(out)."""
+    defop(name, forward, (lambda g, out, x: g * slope(out),), _same_shape, slope=slope)
+
+
+# these differentiate from their stored output: no second transcendental call
+_def_unary("exp", np.exp, lambda out: out)
+_def_unary("tanh", np.tanh, lambda out: 1.0 - out * out)
+_def_unary("logistic", _logistic, lambda out: out * (1.0 - out))
+_def_unary("relu", lambda x: np.maximum(x, 0.0), lambda out: out > 0)  # out > 0 exactly where x > 0
 defop("log", np.log, (lambda g, out, x: g / x,), _same_shape)
-# tanh and logistic differentiate from their stored output: no second transcendental call
-defop("tanh", np.tanh, (lambda g, out, x: g * (1.0 - out * out),), _same_shape)
-defop("logistic", _logistic, (lambda g, out, x: g * out * (1.0 - out),), _same_shape)
-defop("relu", lambda x: np.maximum(x, 0.0), (lambda g, out, x: g * (x > 0),), _same_shape)
 defop("stop_gradient", lambda x: x, (lambda g, out, x: None,), _same_shape)
 
 

@@ -26,6 +26,12 @@ from .errors import GraphError
 SINGLE, BATCH = 0, 1
 
 
+def TIED_MATMUL_A(g, out, a, b):
+    """Marks the VJP of a 2-D matmul's first operand when the second is a tied weight:
+    backward multiplies by one cached contiguous transpose of the shared weight."""
+    return g @ b.T
+
+
 def TIED_OUTER(g, out, a, b):
     """Marks the VJP of a 2-D matmul's tied weight: backward collects (a, g) and sums
     a.T @ g over all copies in one matrix product (see autodiff.backward_pass)."""
@@ -267,12 +273,16 @@ class Plan:
             fwd = partial(op.forward, **n.attrs) if n.attrs else op.forward
             # (input index, bound VJP, tie group or None): the backward loop looks nothing up
             vjps = tuple((j, _bound_vjp(op, pos, n.attrs), self.tied.get(j)) for pos, j in enumerate(in_idx))
-            if n.op == "matmul" and vjps[1][2] is not None and all(len(i.shape) == 2 for i in n.inputs):
-                # a tied weight's share a.T @ g: deferred, so all copies' shares become one
-                # matrix product at the end of the sweep (as hand-written BPTT does)
-                vjps = (vjps[0], (vjps[1][0], TIED_OUTER, vjps[1][2]))
+            if n.op == "matmul" and all(len(i.shape) == 2 for i in n.inputs):
+                fwd = np.dot  # the same product for 2-D operands, with less call overhead
+                (ja, _, tie_a), (jb, _, tie_b) = vjps
+                if tie_b is not None:
+                    # through a tied weight: g @ W.T against one contiguous W.T per sweep, and the
+                    # weight's share a.T @ g deferred, so that all copies' shares become one matrix
+                    # product at the end of the sweep (as hand-written BPTT does)
+                    vjps = ((ja, TIED_MATMUL_A, None) if tie_a is None else vjps[0], (jb, TIED_OUTER, tie_b))
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
-        self.steps = steps
+        self.steps = _with_slope_groups(steps, nodes)
         self._consumers = None
 
     def consumers(self, index):
@@ -286,6 +296,27 @@ class Plan:
         return self._consumers.get(index, [])
 
 
+def _with_slope_groups(steps, nodes):
+    """Steps whose single nodes of a slope op (see ops.OpDef.slope) of one shape, two or
+    more of them, get SlopeRow VJPs sharing one SlopeGroup."""
+    groups = {}
+    for k, step in enumerate(steps):
+        if step[0] != BATCH:
+            n = nodes[step[1]]
+            op = _ops.REGISTRY.get(n.op)
+            if op is not None and op.slope is not None and len(n.inputs) == 1:
+                groups.setdefault((n.op, n.shape, str(n.dtype)), []).append(k)
+    steps = list(steps)
+    for (opname, _, _), ks in groups.items():
+        if len(ks) < MIN_BATCH:
+            continue
+        group = SlopeGroup([steps[k][1] for k in ks], _ops.REGISTRY[opname].slope)
+        for row, k in enumerate(ks):
+            kind, index, fwd, in_idx, ((j, _, t),) = steps[k]
+            steps[k] = (kind, index, fwd, in_idx, ((j, SlopeRow(group, row), t),))
+    return steps
+
+
 def _bound_vjp(op, pos, attrs):
     if op.name == "add_n" or (not op.variadic and pos < len(op.vjps) and op.vjps[pos] is _ops.passthrough):
         return _ops.passthrough  # the backward loop hands g on without calling anything
@@ -296,6 +327,48 @@ def _bound_vjp(op, pos, attrs):
     else:
         raise _ops.UnknownOpError(f"op '{op.name}' has no derivative rule for input {pos}")
     return partial(fn, **attrs) if attrs else fn
+
+
+def stack_rows(vals):
+    """np.stack for many small arrays, with less per-array overhead; None if shapes differ."""
+    shape = np.shape(vals[0])
+    for v in vals:
+        if v.shape != shape:
+            return None
+    if shape:
+        return np.concatenate(vals).reshape((len(vals),) + shape)
+    return np.array(vals)
+
+
+class SlopeGroup:
+    """Single (unbatched) nodes of one op with a slope rule and one shape, e.g. the tanh of
+    every time step: they depend on each other, so they run one by one, but once forward is
+    done their slopes (tanh: 1 - out^2) are computed in one call for the backward pass."""
+
+    __slots__ = ("members", "slope")
+
+    def __init__(self, members, slope):
+        self.members = members
+        self.slope = slope
+
+    def compute(self, values):
+        """Every member's slope: rows of one array (or one array each if runtime shapes differ)."""
+        outs = [values[m] for m in self.members]
+        dtype = outs[0].dtype
+        stacked = stack_rows(outs) if all(o.dtype == dtype for o in outs) else None
+        if stacked is None:
+            return [self.slope(o) for o in outs]
+        return self.slope(stacked)
+
+
+class SlopeRow:
+    """The VJP marker of a slope-group member: g * (row k of the group's slopes)."""
+
+    __slots__ = ("group", "k")
+
+    def __init__(self, group, k):
+        self.group = group
+        self.k = k
 
 
 def lift(arr, rank, stacked):
