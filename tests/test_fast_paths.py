@@ -1,0 +1,147 @@
+"""The backward pass's fast paths give the same gradients as the plain rules:
+slopes of unbatched chains computed in one call (plan.SlopeGroup), a tied weight's
+matmul shares summed in one product per chunk (TIED_OUTER, _sum_outer), the cached
+transpose for g @ W.T (TIED_MATMUL_A), their fallbacks, and the malloc setting."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tinygraph as tg
+import tinygraph.autodiff as AD
+from tinygraph.plan import BATCH, TIED_MATMUL_A, TIED_OUTER, SlopeGroup, SlopeRow
+
+# independent derivatives, written from the activation, not from tinygraph's rules
+ACTS = {
+    "tanh": (tg.tanh, np.tanh, lambda z, h: 1.0 - np.tanh(z) ** 2),
+    "logistic": (tg.logistic, lambda z: 1.0 / (1.0 + np.exp(-z)),
+                 lambda z, h: np.exp(-z) / (1.0 + np.exp(-z)) ** 2),
+    "relu": (tg.relu, lambda z: np.maximum(z, 0.0), lambda z, h: (z > 0).astype(float)),
+    "exp": (tg.exp, np.exp, lambda z, h: np.exp(z)),
+}
+
+
+def _chain(act, T, B, H, seed=0, scale=0.4, shared=True):
+    """h_t = act(h_{t-1} @ W_t + b) with W_1..W_T tied copies of one W: a literal unrolled chain
+    (the copies share one array, or with shared=False each has its own equal array)."""
+    rng = np.random.default_rng(seed)
+    W = scale * rng.standard_normal((H, H))
+    b = 0.1 * rng.standard_normal(H)
+    g = tg.Graph("chain")
+    h0 = g.input("h0", (None, H))
+    tgt = g.input("target", (None, H))
+    copies, h = [], h0
+    for t in range(1, T + 1):
+        Wt = g.param(f"W@t{t}", W if shared else W.copy())
+        copies.append(Wt)
+        h = ACTS[act][0](h @ Wt + b, name=f"h@t{t}")
+    g.tie(*copies)
+    # plus sum_t sum(C * h_t), built after the chain: every h_t then has two gradient sources,
+    # the one from this term arriving first in the backward pass
+    Cv = 0.3 * rng.standard_normal(H)
+    C = g.const(Cv, name="C")
+    states = [g[f"h@t{t}"] for t in range(1, T + 1)]
+    loss = tg.add_n([tg.squared_error(h, tgt)] + [tg.sum(C * s) for s in states], name="loss")
+    feeds = {"h0": rng.standard_normal((B, H)), "target": rng.standard_normal((B, H))}
+    return g, copies, loss, feeds, W, b, Cv
+
+
+def _hand_bptt(act, W, b, C, feeds, T):
+    """dE/dW summed over copies, each copy's share, and dE/dh0, by explicit BPTT in numpy."""
+    f, df = ACTS[act][1], ACTS[act][2]
+    hs, zs = [feeds["h0"]], []
+    for _ in range(T):
+        zs.append(hs[-1] @ W + b)
+        hs.append(f(zs[-1]))
+    d = hs[-1] - feeds["target"]
+    shares = [None] * T
+    for t in range(T, 0, -1):
+        d = d + C
+        dz = d * df(zs[t - 1], hs[t])
+        shares[t - 1] = hs[t - 1].T @ dz
+        d = dz @ W.T
+    return sum(shares), shares, d
+
+
+@pytest.mark.parametrize("act", sorted(ACTS))
+def test_fast_paths_match_hand_written_bptt(act):
+    T = 7
+    g, copies, loss, feeds, W, b, C = _chain(act, T, B=3, H=4)
+    grads = g.forward(feeds).backward(loss)
+    plan = grads.acts.plan
+    vjp_kinds = [v for s in plan.steps if s[0] != BATCH for _, v, _ in s[4]]
+    # the test means something only if the fast paths ran
+    assert sum(type(v) is SlopeRow for v in vjp_kinds) == T
+    assert sum(v is TIED_OUTER for v in vjp_kinds) == T
+    assert sum(v is TIED_MATMUL_A for v in vjp_kinds) == T
+    total, shares, dh0 = _hand_bptt(act, W, b, C, feeds, T)
+    np.testing.assert_allclose(grads.constrained()[copies[0]], total, rtol=1e-12, atol=1e-12)
+    for Wt, share in zip(copies, shares):
+        np.testing.assert_allclose(grads[Wt], share, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads["h0"], dh0, rtol=1e-12, atol=1e-12)
+
+
+def test_fast_paths_agree_with_finite_differences():
+    # separate storage per copy: perturbing one copy then measures that copy's own share
+    g, _, loss, feeds, *_ = _chain("tanh", T=5, B=2, H=3, seed=3, shared=False)
+    report = tg.check_gradients(g, loss, feeds)
+    assert report < 1e-6, report
+
+
+def test_slopes_keep_each_members_dtype_when_dtypes_differ():
+    group = SlopeGroup([0, 1], tg.ops.get("tanh").slope)
+    v = np.linspace(-1, 1, 6).reshape(2, 3)
+    values = [np.tanh(v).astype(np.float32), np.tanh(v)]
+    slopes = group.compute(values)
+    assert [s.dtype for s in slopes] == [np.float32, np.float64]  # no promotion through stacking
+    np.testing.assert_allclose(slopes[1], 1 - np.tanh(v) ** 2, rtol=1e-15)
+    same = group.compute([np.tanh(v), np.tanh(2 * v)])  # one dtype, one shape: one stacked array
+    assert same.shape == (2, 2, 3)
+    np.testing.assert_allclose(same[1], 1 - np.tanh(2 * v) ** 2, rtol=1e-15)
+
+
+def test_slopes_fall_back_when_runtime_shapes_differ():
+    g = tg.Graph("ragged")
+    a = g.input("a", (None, 3))
+    c = g.input("c", (None, 3))
+    loss = tg.sum(tg.logistic(a)) + tg.sum(tg.logistic(c) * c)
+    av, cv = np.linspace(-2, 2, 6).reshape(2, 3), np.linspace(-1, 3, 12).reshape(4, 3)
+    grads = g.forward({"a": av, "c": cv}).backward(loss)
+    s = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    np.testing.assert_allclose(grads["a"], s(av) * (1 - s(av)), rtol=1e-13)
+    np.testing.assert_allclose(grads["c"], s(cv) * (1 - s(cv)) * cv + s(cv), rtol=1e-13)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.lists(st.integers(0, 5), min_size=1, max_size=12), k=st.integers(1, 4), n=st.integers(1, 4),
+       chunk=st.integers(1, 64), seed=st.integers(0, 2**16))
+def test_sum_outer_is_the_sum_of_products_for_any_chunking(rows, k, n, chunk, seed):
+    rng = np.random.default_rng(seed)
+    As = [rng.standard_normal((r, k)) for r in rows]
+    Gs = [rng.standard_normal((r, n)) for r in rows]
+    old = AD.OUTER_CHUNK
+    AD.OUTER_CHUNK = chunk  # small chunks: several partial products must add up
+    try:
+        got = AD._sum_outer(As, Gs)
+    finally:
+        AD.OUTER_CHUNK = old
+    want = sum(a.T @ g for a, g in zip(As, Gs))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the malloc setting is glibc-only")
+def test_malloc_setting_applies_and_can_be_turned_off():
+    code = "import tinygraph as tg; print(tg.keep_freed_memory())"
+    env = dict(os.environ)
+    env.pop("TINYGRAPH_KEEP_FREED_MEMORY", None)
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    env["TINYGRAPH_KEEP_FREED_MEMORY"] = "0"
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    import platform
+    assert on.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
+    assert off.stdout.strip() == "False"
