@@ -52,9 +52,9 @@ def resolve_steps(steps, T, where):
 
 def _in_time_order(steps, *arrays):
     """Sort steps given out of order, and the values (first axis) with them."""
-    order = np.argsort(steps, kind="stable")
-    if np.all(order[:-1] < order[1:]):
+    if sorted(steps) == steps:  # the usual case: already in order (steps are distinct)
         return (steps,) + arrays
+    order = np.argsort(steps, kind="stable")
     return ([steps[i] for i in order],) + tuple(None if a is None else a[order] for a in arrays)
 
 
@@ -181,7 +181,7 @@ class Target:
         return f"Target({self.group!r}, steps={self.steps!r}, units={self.units!r}, loss={self.loss!r})"
 
 
-def resolve_all(net, T, inputs, targets):
+def resolve_all(net, T, inputs, targets, check_overlaps=True):
     """Check every clamp and target against the net and T; return plain resolved records.
 
     Returns (clamps, targets, batch) where clamps is a list of (group, steps, units, values)
@@ -211,7 +211,15 @@ def resolve_all(net, T, inputs, targets):
     batches = {int(r[3].shape[1]) for r in clamps} | {int(r[3].shape[1]) for r in tgts}
     if len(batches) > 1:
         raise DataError(f"clamps and targets disagree on the batch size: {sorted(batches)}")
-    # a unit clamped twice at one step, or clamped and targeted at one step, is refused
+    if check_overlaps:
+        refuse_overlaps(net, clamps, tgts)
+    return clamps, tgts, (batches.pop() if batches else None)
+
+
+def refuse_overlaps(net, clamps, tgts):
+    """A unit clamped twice at one step, or clamped and targeted at one step, is refused.
+    It depends only on where clamps and targets sit, not on their values, so a caller that
+    runs one structure many times (Unrolled.run) checks it once per structure."""
     clamped = {}
     for g, steps, units, _ in clamps:
         size = net.groups[g].size
@@ -229,4 +237,3 @@ def resolve_all(net, T, inputs, targets):
             if both:
                 raise DataError(f"Target('{g}'): units {sorted(both)} are also clamped at step {t}; a clamped "
                                 f"unit cannot be wrong, so a target there teaches nothing: drop one of the two")
-    return clamps, tgts, (batches.pop() if batches else None)

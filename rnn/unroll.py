@@ -16,7 +16,7 @@ import numpy as np
 import tinygraph as tg
 from tinygraph.autodiff import run_forward
 
-from .data import DataError, resolve_all
+from .data import DataError, refuse_overlaps, resolve_all
 from .net import NetError
 
 _ACT = {"logistic": tg.logistic, "tanh": tg.tanh, "relu": tg.relu, "linear": tg.identity,
@@ -264,6 +264,8 @@ class Unrolled:
     def _emit(self, clamps, targets, truncate):
         key = _signature(clamps, targets, truncate)
         em = self._cache.get(key)
+        if em is None:
+            refuse_overlaps(self.net, clamps, targets)  # a structure seen before has passed this
         if em is None or not em.storage_current():
             if len(self._cache) >= 8:
                 self._cache.pop(next(iter(self._cache)))
@@ -326,7 +328,7 @@ class Unrolled:
         ------
         DataError for clamps or targets that do not fit the net or T; NonFiniteError.
         """
-        clamps, tgts, batch = resolve_all(self.net, self.T, inputs, targets)
+        clamps, tgts, batch = resolve_all(self.net, self.T, inputs, targets, check_overlaps=False)
         if truncate is not None:
             if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or not 1 <= truncate <= self.T:
                 raise DataError(f"truncate must be an int in 1..T={self.T}, got {truncate!r}")
