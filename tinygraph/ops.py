@@ -238,6 +238,8 @@ def _matmul_vjp_a(g, out, a, b):
         return g[..., None] * b
     if a.ndim == 1:
         return (b @ g[..., None])[..., 0]
+    if b.ndim == 2 and g.ndim > 2:  # members stacked on a shared weight: one 2-D product, not one per member
+        return (g.reshape(-1, g.shape[-1]) @ b.T).reshape(g.shape[:-1] + (b.shape[0],))
     return g @ _swap(b)
 
 
