@@ -105,6 +105,16 @@ def test_slopes_keep_each_members_dtype_when_dtypes_differ():
     np.testing.assert_allclose(same[1], 1 - np.tanh(2 * v) ** 2, rtol=1e-15)
 
 
+@pytest.mark.parametrize("chunk", [1, 6, 13, 1 << 18])
+def test_slopes_computed_in_chunks_match_one_by_one(chunk, monkeypatch):
+    import tinygraph.plan as P
+    monkeypatch.setattr(P, "SLOPE_CHUNK", chunk)  # 1 and 6 elements: one member (of 6) per chunk
+    rng = np.random.default_rng(5)
+    outs = [np.tanh(rng.standard_normal((2, 3))) for _ in range(7)]
+    got = SlopeGroup(list(range(7)), tg.ops.get("tanh").slope).compute(outs)
+    np.testing.assert_allclose(got, np.stack([1 - o ** 2 for o in outs]), rtol=1e-15)
+
+
 def test_slopes_fall_back_when_runtime_shapes_differ():
     g = tg.Graph("ragged")
     a = g.input("a", (None, 3))

@@ -445,7 +445,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     return grads, tsum, lazy, finals
 
 
-OUTER_CHUNK = 1 << 20  # elements per stacked operand: bounds the extra memory of _sum_outer
+OUTER_CHUNK = 1 << 18  # elements of the stacked operands per product: bounds _sum_outer's extra memory
 
 
 def _sum_outer(As, Gs):

@@ -24,6 +24,7 @@ from . import ops as _ops
 from .errors import GraphError
 
 SINGLE, BATCH = 0, 1
+SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 
 
 def TIED_MATMUL_A(g, out, a, b):
@@ -352,13 +353,20 @@ class SlopeGroup:
         self.slope = slope
 
     def compute(self, values):
-        """Every member's slope: rows of one array (or one array each if runtime shapes differ)."""
+        """Every member's slope: rows of one array (or one array each if runtime shapes or
+        dtypes differ).  Computed a chunk of members at a time, so the temporaries stay small."""
         outs = [values[m] for m in self.members]
-        dtype = outs[0].dtype
-        stacked = stack_rows(outs) if all(o.dtype == dtype for o in outs) else None
-        if stacked is None:
+        first = outs[0]
+        if not all(o.shape == first.shape and o.dtype == first.dtype for o in outs):
             return [self.slope(o) for o in outs]
-        return self.slope(stacked)
+        slopes = None
+        per = max(1, SLOPE_CHUNK // max(1, first.size))
+        for lo in range(0, len(outs), per):
+            part = self.slope(stack_rows(outs[lo:lo + per]))
+            if slopes is None:
+                slopes = np.empty((len(outs),) + part.shape[1:], part.dtype)
+            slopes[lo:lo + per] = part
+        return slopes
 
 
 class SlopeRow:
