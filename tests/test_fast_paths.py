@@ -77,6 +77,8 @@ def test_fast_paths_match_hand_written_bptt(act):
     vjp_kinds = [v for s in plan.steps if s[0] != BATCH for _, v, _ in s[4]]
     # the test means something only if the fast paths ran
     assert sum(type(v) is SlopeRow for v in vjp_kinds) == T
+    # the states are stacked in forward by the batch of C * h_t nodes: the slopes read that stack
+    assert {v.group.stacked_as is not None for v in vjp_kinds if type(v) is SlopeRow} == {True}
     assert sum(v is TIED_OUTER for v in vjp_kinds) == T
     assert sum(v is TIED_MATMUL_A for v in vjp_kinds) == T
     total, shares, dh0 = _hand_bptt(act, W, b, C, feeds, T)

@@ -374,7 +374,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             elif type(vjp) is SlopeRow:
                 sl = slopes.get(vjp.group)
                 if sl is None:
-                    sl = slopes[vjp.group] = vjp.group.compute(values)
+                    sl = slopes[vjp.group] = vjp.group.compute(values, bstore)
                 gi = g * sl[vjp.k]
             elif vjp is TIED_MATMUL_A:
                 w = values[in_idx[1]]

@@ -283,7 +283,7 @@ class Plan:
                     # product at the end of the sweep (as hand-written BPTT does)
                     vjps = ((ja, TIED_MATMUL_A, None) if tie_a is None else vjps[0], (jb, TIED_OUTER, tie_b))
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
-        self.steps = _with_slope_groups(steps, nodes)
+        self.steps = _with_slope_groups(steps, nodes, batches)
         self._consumers = None
 
     def consumers(self, index):
@@ -297,9 +297,11 @@ class Plan:
         return self._consumers.get(index, [])
 
 
-def _with_slope_groups(steps, nodes):
+def _with_slope_groups(steps, nodes, batches=()):
     """Steps whose single nodes of a slope op (see ops.OpDef.slope) of one shape, two or
     more of them, get SlopeRow VJPs sharing one SlopeGroup."""
+    stacks = {tuple(ref): (b.id, pos) for b in batches for pos, (kind, ref) in enumerate(b.inputs)
+              if kind == "stack"}
     groups = {}
     for k, step in enumerate(steps):
         if step[0] != BATCH:
@@ -311,7 +313,8 @@ def _with_slope_groups(steps, nodes):
     for (opname, _, _), ks in groups.items():
         if len(ks) < MIN_BATCH:
             continue
-        group = SlopeGroup([steps[k][1] for k in ks], _ops.REGISTRY[opname].slope)
+        members = [steps[k][1] for k in ks]
+        group = SlopeGroup(members, _ops.REGISTRY[opname].slope, stacks.get(tuple(members)))
         for row, k in enumerate(ks):
             kind, index, fwd, in_idx, ((j, _, t),) = steps[k]
             steps[k] = (kind, index, fwd, in_idx, ((j, SlopeRow(group, row), t),))
@@ -346,23 +349,31 @@ class SlopeGroup:
     every time step: they depend on each other, so they run one by one, but once forward is
     done their slopes (tanh: 1 - out^2) are computed in one call for the backward pass."""
 
-    __slots__ = ("members", "slope")
+    __slots__ = ("members", "slope", "stacked_as")
 
-    def __init__(self, members, slope):
+    def __init__(self, members, slope, stacked_as=None):
         self.members = members
         self.slope = slope
+        self.stacked_as = stacked_as  # (batch id, operand position) that stacks exactly these members
 
-    def compute(self, values):
+    def compute(self, values, bstore=None):
         """Every member's slope: rows of one array (or one array each if runtime shapes or
-        dtypes differ).  Computed a chunk of members at a time, so the temporaries stay small."""
+        dtypes differ).  Computed a chunk of members at a time, so the temporaries stay small;
+        when a batch already stacked the members' values in forward, that stack is read."""
         outs = [values[m] for m in self.members]
         first = outs[0]
         if not all(o.shape == first.shape and o.dtype == first.dtype for o in outs):
             return [self.slope(o) for o in outs]
+        n = len(outs)
+        stacked = None
+        if self.stacked_as is not None and bstore and self.stacked_as[0] in bstore:
+            arr = bstore[self.stacked_as[0]][1][self.stacked_as[1]]
+            if arr.dtype == first.dtype and arr.size == n * first.size:
+                stacked = arr.reshape((n,) + first.shape)
         slopes = None
         per = max(1, SLOPE_CHUNK // max(1, first.size))
-        for lo in range(0, len(outs), per):
-            part = self.slope(stack_rows(outs[lo:lo + per]))
+        for lo in range(0, n, per):
+            part = self.slope(stack_rows(outs[lo:lo + per]) if stacked is None else stacked[lo:lo + per])
             if slopes is None:
                 slopes = np.empty((len(outs),) + part.shape[1:], part.dtype)
             slopes[lo:lo + per] = part
