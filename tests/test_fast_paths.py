@@ -157,3 +157,73 @@ def test_malloc_setting_applies_and_can_be_turned_off():
     import platform
     assert on.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
     assert off.stdout.strip() == "False"
+
+
+def _input_driven(T, B, H, I, seed=0, rows=None, extra_use=False):
+    """h_t = tanh(x_t @ U_t + h_{t-1} @ W_t + b_t), copies of U, W and b tied and sharing
+    storage: the total input is an add_n of a batch member, a single and a tied bias copy."""
+    rng = np.random.default_rng(seed)
+    U, W, b = rng.standard_normal((I, H)) / 2, rng.standard_normal((H, H)) / 3, rng.standard_normal(H) / 4
+    g = tg.Graph("driven")
+    h = g.input("h0", (None, H))
+    feeds = {"h0": rng.standard_normal((B, H)), "target": rng.standard_normal((B, H))}
+    tied = {"U": [], "W": [], "b": []}
+    extra = []
+    for t in range(1, T + 1):
+        x = g.input(f"x@t{t}", (None, I))
+        feeds[f"x@t{t}"] = rng.standard_normal(((rows or {}).get(t, B), I))
+        Ut, Wt, bt = g.param(f"U@t{t}", U), g.param(f"W@t{t}", W), g.param(f"b@t{t}", b)
+        for k, n in zip("UWb", (Ut, Wt, bt)):
+            tied[k].append(n)
+        inx = tg.matmul(x, Ut, name=f"inx@t{t}")
+        if extra_use:
+            extra.append(inx)
+        h = tg.tanh(tg.add_n([inx, h @ Wt, bt], name=f"net@t{t}"), name=f"h@t{t}")
+    for copies in tied.values():
+        g.tie(*copies)
+    terms = [tg.squared_error(h, g.input("target", (None, H)))] + [0.1 * tg.sum(e * e) for e in extra]
+    loss = tg.add_n(terms, name="loss")
+    return g, tied, loss, feeds, {"U": U, "W": W, "b": b}
+
+
+def _shared_fd(g, loss, feeds, arr, eps=1e-6):
+    """d loss / d(shared array) by central differences: perturbs every tied copy at once."""
+    out = np.empty(arr.size)
+    flat = arr.reshape(-1)
+    for i in range(arr.size):
+        old = flat[i]
+        flat[i] = old + eps
+        up = float(g.forward(feeds, outputs=[loss])[loss])
+        flat[i] = old - eps
+        down = float(g.forward(feeds, outputs=[loss])[loss])
+        flat[i] = old
+        out[i] = (up - down) / (2 * eps)
+    return out.reshape(arr.shape)
+
+
+@pytest.mark.parametrize("case", ["plain", "member used twice", "ragged batch"])
+def test_presummed_total_inputs_and_bias_from_the_batch(case):
+    from tinygraph.plan import PRESUM, SOURCE_VIA_BATCH
+    T = 6
+    g, tied, loss, feeds, arrays = _input_driven(
+        T, B=3, H=4, I=2, extra_use=case == "member used twice",
+        rows={2: 1} if case == "ragged batch" else None)  # x@t2 has one row: its batch cannot stack
+    grads = g.forward(feeds).backward(loss)
+    plan = grads.acts.plan
+    assert sum(s[0] == PRESUM for s in plan.steps) == T
+    via = sum(v is SOURCE_VIA_BATCH for s in plan.steps if s[0] == PRESUM for _, v, _ in s[4])
+    assert via == (0 if case == "member used twice" else T)  # a member with two uses keeps the plain path
+    con = grads.constrained()
+    for name in ("U", "W", "b"):
+        want = _shared_fd(g, loss, feeds, arrays[name])
+        np.testing.assert_allclose(con[tied[name][0]], want, rtol=1e-6, atol=1e-8)
+
+
+def test_bias_from_the_batch_ignores_a_seed_on_a_member():
+    # backward from one input projection: the bias is not upstream of it, U is
+    g, tied, loss, feeds, arrays = _input_driven(5, B=3, H=4, I=2)
+    acts = g.forward(feeds)
+    seed = np.arange(12.0).reshape(3, 4)
+    con = acts.backward(g["inx@t3"], seed=seed).constrained()
+    np.testing.assert_array_equal(con[tied["b"][0]], np.zeros(4))
+    np.testing.assert_allclose(con[tied["U"][0]], feeds["x@t3"].T @ seed, rtol=1e-14)

@@ -11,7 +11,7 @@ import numpy as np
 from . import ops as _ops
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, SlopeRow, lift, stack_rows
+from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, SlopeRow, lift, stack_rows
 from .shapes import fmt
 
 BATCH_ACROSS = True  # batch identical independent nodes (see plan.py); False runs node by node
@@ -126,6 +126,7 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         fed = _resolve_feeds(graph, plan, feeds)
     values = [None] * plan.size
     bstore = {}
+    presums = {}  # PreSum group -> its stacked member-plus-source sums (None: not this run)
     nodes = graph.nodes
     for index, node in plan.sources:
         values[index] = node.value
@@ -146,9 +147,21 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
                 for m in b.members:
                     _check_value(nodes[m], values)
             continue
-        _, index, fwd, in_idx, _ = step
+        kind, index, fwd, in_idx, _ = step
         try:
-            if len(in_idx) == 1:  # the common arities without building an argument list
+            if kind == PRESUM:
+                group, row, live = fwd
+                pre = presums.get(group, False)
+                if pre is False:
+                    pre = presums[group] = group.compute(values, bstore)
+                if pre is None:  # no precomputed sums this run: the plain add_n
+                    values[index] = _ops._add_n(*[values[j] for j in in_idx])
+                else:
+                    total = pre[row] + values[live[0]]
+                    for j in live[1:]:
+                        total = total + values[j]
+                    values[index] = total
+            elif len(in_idx) == 1:  # the common arities without building an argument list
                 values[index] = fwd(values[in_idx[0]])
             elif len(in_idx) == 2:
                 values[index] = fwd(values[in_idx[0]], values[in_idx[1]])
@@ -360,6 +373,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
+                _source_grads_one_by_one(b, grads, accumulate)
             continue
         _, index, _, in_idx, vjps = step
         g = grads[index]
@@ -371,6 +385,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
         for j, vjp, t in vjps:
             if vjp is passthrough:
                 gi = g
+            elif vjp is SOURCE_VIA_BATCH:
+                continue  # the batch of this add_n's member adds it for all steps at once
             elif type(vjp) is SlopeRow:
                 sl = slopes.get(vjp.group)
                 if sl is None:
@@ -504,6 +520,11 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             if p is not None:
                 G[k] += p
     finals[b.id] = G  # member k's gradient is row k (plan.member_of): handed out when asked
+    if b.id == seed_batch:  # the seed is in G too, and it is no add_n's gradient
+        _source_grads_one_by_one(b, grads, accumulate)
+    else:
+        for j, rows, shape, _ in b.source_grads:  # tied sources of PreSum add_n nodes (plan.SOURCE_VIA_BATCH)
+            accumulate(j, _ops.unbroadcast(G if rows is None else G[rows], shape))
     if check_finite and _not_finite(G):
         for k, m in enumerate(members):
             if _not_finite(G[k]):
@@ -541,6 +562,14 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
                     grads[j] = row  # the first contribution: a view, not owned (accumulate copies on the next)
                 else:
                     accumulate(j, row)
+
+
+def _source_grads_one_by_one(b, grads, accumulate):
+    """What SOURCE_VIA_BATCH left to batch b, from each add_n's own gradient."""
+    for j, _, shape, adds in b.source_grads:
+        for a in adds:
+            if grads[a] is not None:
+                accumulate(j, _ops.unbroadcast(grads[a], shape))
 
 
 def _batch_vjp(b, pos, G, out, args):

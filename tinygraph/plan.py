@@ -23,7 +23,7 @@ import numpy as np
 from . import ops as _ops
 from .errors import GraphError
 
-SINGLE, BATCH = 0, 1
+SINGLE, BATCH, PRESUM = 0, 1, 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 
 
@@ -60,7 +60,7 @@ class Batch:
     ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
-                 "from_singles")
+                 "from_singles", "source_grads")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -70,6 +70,10 @@ class Batch:
         self.kind = op.batch if isinstance(op.batch, str) else "dedicated"
         self.inputs = []
         self.by_rlevel = by_rlevel
+        # [(a tied copy's index, member rows or None for all, its shape, the add_n indices)]: tied
+        # sources of PreSum add_n nodes whose gradient is the sum of these members' gradients
+        # (see _with_presums); the add_n nodes' own gradients serve when the batch did not stack
+        self.source_grads = []
 
 
 def _levels(nodes, order):
@@ -283,7 +287,12 @@ class Plan:
                     # product at the end of the sweep (as hand-written BPTT does)
                     vjps = ((ja, TIED_MATMUL_A, None) if tie_a is None else vjps[0], (jb, TIED_OUTER, tie_b))
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
-        self.steps = _with_slope_groups(steps, nodes, batches)
+        uses = {}
+        for n in self.order:
+            for i in n.inputs:
+                uses[i.index] = uses.get(i.index, 0) + 1
+        self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
+                                   self.batches, self.tied, uses)
         self._consumers = None
 
     def consumers(self, index):
@@ -295,6 +304,110 @@ class Plan:
                     cons.setdefault(i.index, []).append((n.index, pos))
             self._consumers = cons
         return self._consumers.get(index, [])
+
+
+class PreSum:
+    """Unbatched add_n nodes that each add one member of the same batch to the same source
+    values (a tied bias copy, a constant) and to nodes computed one by one, e.g. the total
+    input ``in[x->h]@t + in[h->h]@t + b[h]@t`` of every time step.  The member-plus-source
+    part of all of them is one call on the batch's stacked output after the batch has run;
+    each node then adds only its own live operands (the same numbers, summed in another
+    order, so they may differ in the last bit)."""
+
+    __slots__ = ("batch", "sources")
+
+    def __init__(self, batch, sources):
+        self.batch = batch      # batch id whose stacked output holds the members
+        self.sources = sources  # node indices of the source operands (one value object each)
+
+    def compute(self, values, bstore):
+        """The stacked member-plus-source sums, or None when the batch ran member by member
+        or a source would broadcast across the member axis."""
+        if self.batch not in bstore:
+            return None
+        total = bstore[self.batch][0]
+        for j in self.sources:
+            v = values[j]
+            if np.ndim(v) >= total.ndim:
+                return None
+            total = total + v
+        return total
+
+
+def SOURCE_VIA_BATCH(g, out, *inputs):
+    """Marks the VJP of a PreSum add_n's tied source (a bias copy): each member's gradient is
+    exactly this add_n's gradient, so the tie's total is read off the batch's stacked gradient
+    in one reduction (Batch.source_grads) instead of one addition per time step."""
+    return g
+
+
+def _with_presums(steps, nodes, member_of, batches=None, tied=None, uses=None):
+    """add_n steps of one shape of operands (one batch member, sources shared by value,
+    the rest computed singly), two or more of them per batch, become PRESUM steps
+    ``(PRESUM, index, (group, row, live indices), in_idx, vjps)``: backward treats them as
+    the add_n they are, forward adds the live operands to the group's precomputed row.
+    When each member feeds nothing but its add_n and a source is a tied parameter that
+    broadcasts to the member's shape, that source's gradient comes from the batch."""
+    groups = {}
+    for k, step in enumerate(steps):
+        if step[0] != SINGLE or nodes[step[1]].op != "add_n":
+            continue
+        in_idx = step[3]
+        members = [(p, member_of[j]) for p, j in enumerate(in_idx) if j in member_of]
+        sources = [p for p, j in enumerate(in_idx) if nodes[j].op in ("param", "const")]
+        live = [p for p, j in enumerate(in_idx) if j not in member_of and nodes[j].op not in ("param", "const")]
+        if len(members) != 1 or not sources or not live:
+            continue
+        (mpos, (bid, row)), = members
+        key = (bid, mpos, tuple(sources), tuple(id(nodes[in_idx[p]].value) for p in sources), tuple(live))
+        groups.setdefault(key, []).append((k, row))
+    steps = list(steps)
+    for (bid, mpos, sources, _, live), ks in groups.items():
+        if len(ks) < MIN_BATCH:
+            continue
+        group = PreSum(bid, tuple(steps[ks[0][0]][3][p] for p in sources))
+        via_batch = _sources_via_batch(steps, ks, nodes, mpos, sources, tied, uses, batches)
+        for k, row in ks:
+            _, index, _, in_idx, vjps = steps[k]
+            if via_batch:
+                vjps = tuple((j, SOURCE_VIA_BATCH, t) if p in via_batch else (j, v, t)
+                             for p, (j, v, t) in enumerate(vjps))
+            steps[k] = (PRESUM, index, (group, row, tuple(in_idx[p] for p in live)), in_idx, vjps)
+        if via_batch:
+            b = batches[bid]
+            rows = [row for _, row in ks]
+            rows = None if rows == list(range(len(b.members))) else rows
+            adds = tuple(steps[k][1] for k, _ in ks)
+            for p in via_batch:
+                j = steps[ks[0][0]][3][p]  # one copy of the tie, in this plan: its gradient goes to the tie's sum
+                b.source_grads.append((j, rows, nodes[j].value.shape, adds))
+    return steps
+
+
+def _sources_via_batch(steps, ks, nodes, mpos, sources, tied, uses, batches):
+    """Positions of the tied sources whose gradient a PreSum group can take from its batch:
+    every member feeds only its add_n (so its gradient is the add_n's), and the source
+    broadcasts into the member's shape (so summing the member's gradient over the source's
+    broadcast axes gives the source's share)."""
+    if batches is None or tied is None or uses is None:
+        return ()
+    for k, _ in ks:
+        member = steps[k][3][mpos]
+        if uses.get(member) != 1 or nodes[member].shape != nodes[steps[k][1]].shape:
+            return ()
+    out = []
+    for p in sources:
+        js = [steps[k][3][p] for k, _ in ks]
+        t = tied.get(js[0])
+        if t is None or any(tied.get(j) is not t for j in js):
+            continue
+        src = nodes[js[0]].value.shape
+        member_shape = nodes[steps[ks[0][0]][3][mpos]].shape
+        if len(src) > len(member_shape) or any(
+                d != 1 and d != m for d, m in zip(reversed(src), reversed(member_shape))):
+            continue  # (an unknown axis m=None of the member accepts only d=1)
+        out.append(p)
+    return tuple(out)
 
 
 def _with_slope_groups(steps, nodes, batches=()):
