@@ -217,6 +217,11 @@ def test_presummed_total_inputs_and_bias_from_the_batch(case):
     for name in ("U", "W", "b"):
         want = _shared_fd(g, loss, feeds, arrays[name])
         np.testing.assert_allclose(con[tied[name][0]], want, rtol=1e-6, atol=1e-8)
+    # each x@t feeds only the batch of input projections: its gradient is a row found via fed_rows
+    xs = [g[f"x@t{t}"] for t in (1, 2, T)]
+    if case != "ragged batch":
+        assert all(x.index in plan.fed_rows for x in xs)
+    assert tg.check_gradients(g, loss, feeds, wrt=xs) < 1e-6
 
 
 def test_bias_from_the_batch_ignores_a_seed_on_a_member():

@@ -296,16 +296,16 @@ class Activations:
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
         grads, tsum, lazy, finals = backward_pass(self, loss, seed, check_finite)
+        out = Gradients(self, loss, grads, tsum, lazy, finals)
         if check_finite:  # the loop checks what it propagates; sources end it, so check them here
             for n in self.plan.order:
-                lz = lazy.get(n.index)
-                if n.op in ("input", "param", "const") and (_not_finite(grads[n.index]) or
-                                                           (lz is not None and _not_finite(lz[0][lz[1]]))):
+                if n.op in ("input", "param", "const") and n.index not in self.plan.tied and \
+                        _not_finite(out._raw(n.index)):
                     _nonfinite_grad(n)
             for t in self.plan.tied.values():
                 if _not_finite(tsum.get(id(t))):
                     _nonfinite_grad(t.members[0])
-        return Gradients(self, loss, grads, tsum, lazy, finals)
+        return out
 
 
 def backward_pass(acts, loss, seed, check_finite=False):
@@ -534,6 +534,9 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             deferred = _Deferred(b, pos, G, out, args, np.shape(values[ref[0]]))
+            if b.fed_alone[pos]:
+                lazy[(b.id, pos)] = deferred  # input k's gradient: row k (plan.fed_rows)
+                continue
             for k, j in enumerate(ref):
                 if grads[j] is None and j not in lazy:
                     lazy[j] = (deferred, k)
@@ -628,6 +631,10 @@ class Gradients:
         if mb is not None and mb[0] in self._finals:
             return self._finals[mb[0]][mb[1]]  # a batch member: its row of the batch's gradient
         lz = self._lazy.get(i)
+        if lz is None:
+            fr = self.acts.plan.fed_rows.get(i)
+            if fr is not None and fr[0] in self._lazy:
+                lz = (self._lazy[fr[0]], fr[1])
         if lz is None:
             return self._grads[i] if i < len(self._grads) else None
         row = lz[0][lz[1]]

@@ -60,7 +60,7 @@ class Batch:
     ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
-                 "from_singles", "source_grads")
+                 "from_singles", "source_grads", "fed_alone")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -291,6 +291,16 @@ class Plan:
         for n in self.order:
             for i in n.inputs:
                 uses[i.index] = uses.get(i.index, 0) + 1
+        # fed inputs that one batch operand alone consumes: their gradients are rows of that
+        # operand's deferred gradient, found through here (no per-input bookkeeping per run)
+        self.fed_rows = {}
+        for b in batches:
+            b.fed_alone = tuple(fed and all(uses.get(j) == 1 for j in ref)
+                                for fed, (_, ref) in zip(b.fed, b.inputs))
+            for pos, (_, ref) in enumerate(b.inputs):
+                if b.fed_alone[pos]:
+                    for k, j in enumerate(ref):
+                        self.fed_rows[j] = ((b.id, pos), k)
         self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
                                    self.batches, self.tied, uses)
         self._consumers = None
