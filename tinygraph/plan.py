@@ -24,6 +24,7 @@ from . import ops as _ops
 from .errors import GraphError
 
 SINGLE, BATCH, PRESUM = 0, 1, 2
+MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 
 
@@ -37,7 +38,6 @@ def TIED_OUTER(g, out, a, b):
     """Marks the VJP of a 2-D matmul's tied weight: backward collects (a, g) and sums
     a.T @ g over all copies in one matrix product (see autodiff.backward_pass)."""
     return a.T @ g
-MIN_BATCH = 2
 
 
 def _freeze(v):
