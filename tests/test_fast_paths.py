@@ -232,3 +232,59 @@ def test_bias_from_the_batch_ignores_a_seed_on_a_member():
     con = acts.backward(g["inx@t3"], seed=seed).constrained()
     np.testing.assert_array_equal(con[tied["b"][0]], np.zeros(4))
     np.testing.assert_allclose(con[tied["U"][0]], feeds["x@t3"].T @ seed, rtol=1e-14)
+
+
+def _generic_and_fragment_grads(g, loss, feeds):
+    """Gradients through the plan with its repeated fragments and through the generic loops."""
+    from tinygraph.fragments import FRAGMENT
+    acts = g.forward(feeds)
+    plan = acts.plan
+    assert any(s[0] == FRAGMENT for s in plan.fast_steps)  # the fragment path is what runs
+    flat = [x for s in plan.fast_steps for x in (s[1].steps if s[0] == FRAGMENT else [s])]
+    assert flat == plan.steps  # fragments cover the plan's steps, in order, each once
+    fast = acts.backward(loss)
+    fast_values = [np.array(acts[n]) for n in g.nodes if n in acts]
+    saved = plan.fast_steps
+    plan.fast_steps = plan.steps  # the generic loops
+    try:
+        acts2 = g.forward(feeds)
+        slow = acts2.backward(loss)
+        slow_values = [np.array(acts2[n]) for n in g.nodes if n in acts2]
+    finally:
+        plan.fast_steps = saved
+    return fast, slow, fast_values, slow_values
+
+
+@pytest.mark.parametrize("graph", ["tanh chain", "input driven", "general vjp"])
+def test_fragment_loops_equal_the_generic_loops_bitwise(graph):
+    if graph == "tanh chain":
+        g, _, loss, feeds, *_ = _chain("tanh", T=9, B=3, H=4)
+    elif graph == "input driven":
+        g, _, loss, feeds, _ = _input_driven(9, B=3, H=4, I=2)
+    else:  # a mul by a constant after each tanh: a VJP the generated code calls as a function
+        rng = np.random.default_rng(2)
+        g = tg.Graph("general")
+        h = g.input("h0", (None, 3))
+        W = rng.standard_normal((3, 3)) / 2
+        copies = []
+        for t in range(1, 8):
+            copies.append(g.param(f"W@t{t}", W))
+            h = tg.mul(tg.tanh(h @ copies[-1]), 0.9, name=f"h@t{t}")
+        g.tie(*copies)
+        loss = tg.sum(h * h)
+        feeds = {"h0": rng.standard_normal((2, 3))}
+    fast, slow, fv, sv = _generic_and_fragment_grads(g, loss, feeds)
+    for a, b in zip(fv, sv):
+        np.testing.assert_array_equal(a, b)
+    for n in g.nodes:
+        if fast.reached(n) or slow.reached(n):
+            np.testing.assert_array_equal(fast[n], slow[n], err_msg=n.name)
+    for p, v in fast.constrained().items():
+        np.testing.assert_array_equal(v, slow.constrained()[p], err_msg=p.name)
+
+
+def test_a_runtime_error_inside_a_fragment_names_the_node():
+    g, _, loss, feeds, *_ = _input_driven(6, B=3, H=4, I=2)
+    feeds["x@t4"] = np.ones((2, 2))  # 2 rows against 3: the total input of step 4 cannot be formed
+    with pytest.raises(tg.ShapeError, match="net@t4"):
+        g.forward(feeds)

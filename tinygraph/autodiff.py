@@ -9,6 +9,7 @@ every node the loss depends on (parameters, inputs and intermediates alike).
 import numpy as np
 
 from . import ops as _ops
+from .fragments import FRAGMENT, find_fragments
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
 from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, SlopeRow, lift, stack_rows
@@ -43,6 +44,7 @@ def compile_plan(graph, outputs=None, batch=None):
         if len(graph._plans) > 32:
             graph._plans.clear()
         plan = graph._plans[key] = Plan(graph, ancestors(graph, roots), batch=batch)
+        plan.fast_steps = find_fragments(plan.steps)  # check_finite runs use plan.steps
     return plan
 
 
@@ -126,7 +128,6 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         fed = _resolve_feeds(graph, plan, feeds)
     values = [None] * plan.size
     bstore = {}
-    presums = {}  # PreSum group -> its stacked member-plus-source sums (None: not this run)
     nodes = graph.nodes
     for index, node in plan.sources:
         values[index] = node.value
@@ -137,7 +138,14 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
             _check_value(nodes[index], values)
         for node in plan.inputs:
             _check_value(node, values)
-    for step in plan.steps:
+    _run_steps(plan.steps if check_finite else plan.fast_steps, values, bstore, {}, nodes, check_finite)
+    return Activations(graph, plan, values, bstore)
+
+
+def _run_steps(steps, values, bstore, presums, nodes, check_finite):
+    """The forward loop over plan steps (``presums``: PreSum group -> its stacked
+    member-plus-source sums, or None when they cannot be used this run)."""
+    for step in steps:
         if step[0] == BATCH:
             b = step[1]
             if not _forward_batch(b, values, bstore):
@@ -147,13 +155,15 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
                 for m in b.members:
                     _check_value(nodes[m], values)
             continue
+        if step[0] == FRAGMENT:
+            if not _forward_fragment(step[1], values, bstore, presums):
+                _run_steps(step[1].steps, values, bstore, presums, nodes, check_finite)
+            continue
         kind, index, fwd, in_idx, _ = step
         try:
             if kind == PRESUM:
                 group, row, live = fwd
-                pre = presums.get(group, False)
-                if pre is False:
-                    pre = presums[group] = group.compute(values, bstore)
+                pre = _presum(group, values, bstore, presums)
                 if pre is None:  # no precomputed sums this run: the plain add_n
                     values[index] = _ops._add_n(*[values[j] for j in in_idx])
                 else:
@@ -171,7 +181,32 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
             _run_error(nodes[index], values, exc)
         if check_finite:
             _check_value(nodes[index], values)
-    return Activations(graph, plan, values, bstore)
+
+
+def _presum(group, values, bstore, presums):
+    pre = presums.get(group, False)
+    if pre is False:
+        pre = presums[group] = group.compute(values, bstore)
+    return pre
+
+
+def _forward_fragment(frag, values, bstore, presums):
+    """Run a repeated fragment with its generated loop; False when the generic loop must
+    (a PreSum without its sums this run, or a runtime error to be reported by node)."""
+    P = []
+    for kind, _, fwd, _, _ in frag.proto:
+        if kind == PRESUM:
+            pre = _presum(fwd[0], values, bstore, presums)
+            if pre is None:
+                return False
+            P.append(pre)
+        else:
+            P.append(None)
+    try:
+        frag.forward(values, frag.rows, frag.F, P)
+    except (ValueError, IndexError):
+        return False
+    return True
 
 
 def _run_error(node, values, exc):
@@ -364,7 +399,10 @@ def backward_pass(acts, loss, seed, check_finite=False):
             grads[j] = prev + gi
             owned.add(j)
 
-    for step in reversed(plan.steps):
+    for step in reversed(plan.steps if check_finite else plan.fast_steps):
+        if step[0] == FRAGMENT:
+            _backward_fragment(step[1], values, grads, owned, slopes, outer, transposed, accumulate, bstore)
+            continue
         if step[0] == BATCH:
             b = step[1]
             if b.id in bstore:
@@ -388,10 +426,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             elif vjp is SOURCE_VIA_BATCH:
                 continue  # the batch of this add_n's member adds it for all steps at once
             elif type(vjp) is SlopeRow:
-                sl = slopes.get(vjp.group)
-                if sl is None:
-                    sl = slopes[vjp.group] = vjp.group.compute(values, bstore)
-                gi = g * sl[vjp.k]
+                gi = g * _slopes(vjp.group, values, bstore, slopes)[vjp.k]
             elif vjp is TIED_MATMUL_A:
                 w = values[in_idx[1]]
                 wT = transposed.get(id(w))
@@ -450,6 +485,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
                 grads[j] = prev + gi  # a new buffer: gi and prev may be shared with other nodes
                 owned.add(j)
     for tid, (As, Gs) in outer.items():
+        if not As:  # a fragment prepared the lists, but no gradient reached these copies
+            continue
         total = _sum_outer(As, Gs)
         cur = tsum.get(tid)
         tsum[tid] = total if cur is None else cur + total
@@ -459,6 +496,25 @@ def backward_pass(acts, loss, seed, check_finite=False):
             cur = tsum.get(tid)
             tsum[tid] = total if cur is None else cur + total
     return grads, tsum, lazy, finals
+
+
+def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, accumulate, bstore):
+    """A repeated fragment's generated backward loop, given what its markers need."""
+    S, O = [], []
+    for _, _, _, _, vjps in frag.proto:
+        S.append(tuple(_slopes(v.group, values, bstore, slopes) if type(v) is SlopeRow else None
+                       for _, v, _ in vjps))
+        O.append(tuple(outer.setdefault(id(t), ([], [])) if v is TIED_OUTER else (None, None)
+                       for _, v, t in vjps))
+    frag.backward(values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
+                  np.dot, np.ascontiguousarray)
+
+
+def _slopes(group, values, bstore, slopes):
+    sl = slopes.get(group)
+    if sl is None:
+        sl = slopes[group] = group.compute(values, bstore)
+    return sl
 
 
 OUTER_CHUNK = 1 << 18  # elements of the stacked operands per product: bounds _sum_outer's extra memory

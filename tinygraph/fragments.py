@@ -1,0 +1,222 @@
+"""Repeated fragments: runs of unbatched steps that repeat with a short period, such as the
+``matmul -> add_n -> tanh`` of every time step of an unrolled net, each executed by one
+generated loop (forward and backward) instead of the generic per-step loop.
+
+The generated code makes the same numpy calls and follows the same accumulation rules as
+the generic loops in autodiff.py for these step kinds; it only removes the per-step
+dispatch (unpacking the step, testing its kind, looking at each VJP marker), which is most
+of what an unrolled recurrence costs beyond the arithmetic.  Fragments are found once per
+plan; runs with check_finite, and a forward fragment that meets a runtime error, use the
+generic loops (which name the node at fault).
+"""
+
+from . import ops as _ops
+from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, SlopeRow
+
+FRAGMENT = 3
+MAX_PERIOD = 6
+MIN_REPEATS = 4
+
+_CODE = {}  # signature -> (forward, backward): generated once per shape of fragment
+
+
+def _entry_kind(vjp, tie):
+    """What the backward code does for one VJP entry, or None when only the generic loop can."""
+    if vjp is SOURCE_VIA_BATCH:
+        return ("svb",)
+    if vjp is TIED_OUTER:
+        return ("tout", id(tie))
+    if tie is not None:
+        return None  # other tied accumulations: generic loop
+    if vjp is _ops.passthrough:
+        return ("pass",)
+    if type(vjp) is SlopeRow:
+        return ("slope", id(vjp.group))
+    if vjp is TIED_MATMUL_A:
+        return ("tma",)
+    return ("gen", id(vjp))
+
+
+def _signature(step):
+    if step[0] == BATCH:
+        return None
+    kind, _, fwd, in_idx, vjps = step
+    head = ("presum", id(fwd[0]), len(fwd[2])) if kind == PRESUM else ("single", id(fwd))
+    entries = tuple(_entry_kind(v, t) for _, v, t in vjps)
+    if None in entries:
+        return None
+    return head, len(in_idx), entries
+
+
+def find_fragments(steps):
+    """``steps`` with every run of at least MIN_REPEATS repetitions of a period of up to
+    MAX_PERIOD unbatched steps replaced by one ``(FRAGMENT, Fragment)`` step."""
+    sigs = [_signature(s) for s in steps]
+    out = []
+    i, n = 0, len(steps)
+    while i < n:
+        found = None
+        for period in range(1, MAX_PERIOD + 1):
+            if i + period * MIN_REPEATS > n or sigs[i + period - 1] is None:
+                break
+            proto = sigs[i:i + period]
+            reps = 1
+            while i + (reps + 1) * period <= n and sigs[i + reps * period:i + (reps + 1) * period] == proto:
+                reps += 1
+            if reps >= MIN_REPEATS:
+                found = period, reps
+                break
+        if found is None:
+            out.append(steps[i])
+            i += 1
+            continue
+        period, reps = found
+        out.append((FRAGMENT, Fragment(steps[i:i + period * reps], period)))
+        i += period * reps
+    return out
+
+
+class Fragment:
+    """``steps`` (whole repetitions of a ``period``), their index rows and generated loops."""
+
+    __slots__ = ("steps", "period", "proto", "rows", "forward", "backward", "F", "G")
+
+    def __init__(self, steps, period):
+        self.steps = steps
+        self.period = period
+        self.proto = steps[:period]
+        self.rows = []
+        for r in range(0, len(steps), period):
+            row = []
+            for kind, index, fwd, in_idx, vjps in steps[r:r + period]:
+                row.append(index)
+                row.extend(in_idx)
+                if kind == PRESUM:
+                    row.append(fwd[1])
+                    row.extend(fwd[2])
+                row.extend(v.k for _, v, _ in vjps if type(v) is SlopeRow)
+            self.rows.append(tuple(row))
+        key = tuple(_signature(s) for s in self.proto)
+        if key not in _CODE:
+            _CODE[key] = _generate(self.proto)
+        self.forward, self.backward = _CODE[key]
+        # the callables the generated code calls: forward functions and VJPs, per statement
+        self.F = tuple(None if kind == PRESUM else fwd for kind, _, fwd, _, _ in self.proto)
+        self.G = tuple(tuple(v for _, v, _ in vjps) for *_, vjps in self.proto)
+
+
+def _names(proto):
+    """Per statement m: the variable names of its row fields."""
+    out = []
+    for m, (kind, _, fwd, in_idx, vjps) in enumerate(proto):
+        d = {"o": f"o{m}", "i": [f"i{m}_{p}" for p in range(len(in_idx))], "r": None, "l": [], "k": {}}
+        if kind == PRESUM:
+            d["r"] = f"r{m}"
+            d["l"] = [f"l{m}_{q}" for q in range(len(fwd[2]))]
+        for p, (_, v, _) in enumerate(vjps):
+            if type(v) is SlopeRow:
+                d["k"][p] = f"k{m}_{p}"
+        out.append(d)
+    return out
+
+
+def _row_vars(names):
+    flat = []
+    for d in names:
+        flat.append(d["o"])
+        flat.extend(d["i"])
+        if d["r"]:
+            flat.append(d["r"])
+            flat.extend(d["l"])
+        flat.extend(d["k"][p] for p in sorted(d["k"]))
+    return "(" + ", ".join(flat) + ",)"
+
+
+def _untied_accumulate(j, pad):
+    return [f"{pad}shape = v[{j}].shape",
+            f"{pad}if gi.shape != shape:",
+            f"{pad}    gi = UB(gi, shape)",
+            f"{pad}prev = grads[{j}]",
+            f"{pad}if prev is None:",
+            f"{pad}    grads[{j}] = gi",
+            f"{pad}elif {j} in owned:",
+            f"{pad}    prev += gi",
+            f"{pad}    grads[{j}] = prev",
+            f"{pad}else:",
+            f"{pad}    grads[{j}] = prev + gi",
+            f"{pad}    owned.add({j})"]
+
+
+def _generate(proto):
+    names = _names(proto)
+    row = _row_vars(names)
+    fw = ["def forward(v, rows, F, P):"]
+    for m in range(len(proto)):
+        fw.append(f"    F{m} = F[{m}]")
+        fw.append(f"    P{m} = P[{m}]")
+    fw.append(f"    for {row} in rows:")
+    for m, (kind, _, fwd, in_idx, _) in enumerate(proto):
+        d = names[m]
+        if kind == PRESUM:
+            fw.append(f"        t = P{m}[{d['r']}] + v[{d['l'][0]}]")
+            for lq in d["l"][1:]:
+                fw.append(f"        t = t + v[{lq}]")
+            fw.append(f"        v[{d['o']}] = t")
+        else:
+            args = ", ".join(f"v[{x}]" for x in d["i"])
+            fw.append(f"        v[{d['o']}] = F{m}({args})")
+    bw = ["def backward(v, grads, owned, rows, G, S, O, TR, ACC, UB, DOT, ASC):"]
+    for m, (_, _, _, _, vjps) in enumerate(proto):
+        for p in range(len(vjps)):
+            bw.append(f"    G{m}_{p} = G[{m}][{p}]")
+            bw.append(f"    S{m}_{p} = S[{m}][{p}]")
+            bw.append(f"    OA{m}_{p}, OG{m}_{p} = O[{m}][{p}]")
+    bw.append(f"    for {row} in reversed(rows):")
+    for m in range(len(proto) - 1, -1, -1):
+        kind, _, _, in_idx, vjps = proto[m]
+        d = names[m]
+        bw.append(f"        g = grads[{d['o']}]")
+        bw.append("        if g is not None:")
+        pad = " " * 12
+        bw.append(f"{pad}pass")
+        for p, (_, v, t) in enumerate(vjps):
+            j = d["i"][p]
+            ek = _entry_kind(v, t)[0]
+            if ek == "svb":
+                continue
+            if ek == "tout":
+                bw.append(f"{pad}OA{m}_{p}.append(v[{d['i'][0]}])")
+                bw.append(f"{pad}OG{m}_{p}.append(g)")
+                continue
+            if ek == "tma":
+                w = d["i"][1]
+                bw += [f"{pad}w = v[{w}]",
+                       f"{pad}wT = TR.get(id(w))",
+                       f"{pad}if wT is None:",
+                       f"{pad}    wT = TR[id(w)] = ASC(w.T)",
+                       f"{pad}gi = DOT(g, wT)",
+                       f"{pad}prev = grads[{j}]",
+                       f"{pad}if prev is None:",
+                       f"{pad}    grads[{j}] = gi",
+                       f"{pad}    owned.add({j})",
+                       f"{pad}elif prev.shape == gi.shape and prev.dtype == gi.dtype:",
+                       f"{pad}    gi += prev",
+                       f"{pad}    grads[{j}] = gi",
+                       f"{pad}    owned.add({j})",
+                       f"{pad}else:",
+                       f"{pad}    ACC({j}, gi)"]
+                continue
+            if ek == "pass":
+                bw.append(f"{pad}gi = g")
+                bw += _untied_accumulate(j, pad)
+            elif ek == "slope":
+                bw.append(f"{pad}gi = g * S{m}_{p}[{d['k'][p]}]")
+                bw += _untied_accumulate(j, pad)
+            else:
+                args = ", ".join(f"v[{x}]" for x in d["i"])
+                bw.append(f"{pad}gi = G{m}_{p}(g, v[{d['o']}], {args})")
+                bw.append(f"{pad}if gi is not None:")
+                bw += _untied_accumulate(j, pad + "    ")
+    scope = {}
+    exec(compile("\n".join(fw) + "\n\n" + "\n".join(bw) + "\n", "<tinygraph fragment>", "exec"), scope)
+    return scope["forward"], scope["backward"]
