@@ -17,7 +17,7 @@ FRAGMENT = 3
 MAX_PERIOD = 6
 MIN_REPEATS = 4
 
-_CODE = {}  # signature -> (forward, backward): generated once per shape of fragment
+_CODE = {}  # shape of a fragment -> (forward, backward): generated once per shape
 
 
 def _entry_kind(vjp, tie):
@@ -96,7 +96,10 @@ class Fragment:
                     row.extend(fwd[2])
                 row.extend(v.k for _, v, _ in vjps if type(v) is SlopeRow)
             self.rows.append(tuple(row))
-        key = tuple(_signature(s) for s in self.proto)
+        # the generated code depends only on the shape of the fragment (kinds, arities), not
+        # on which functions or groups it calls: those are passed in, so the cache stays small
+        key = tuple((head[0], head[2] if head[0] == "presum" else None, arity, tuple(e[0] for e in entries))
+                    for head, arity, entries in map(_signature, self.proto))
         if key not in _CODE:
             _CODE[key] = _generate(self.proto)
         self.forward, self.backward = _CODE[key]
