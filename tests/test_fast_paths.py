@@ -288,3 +288,13 @@ def test_a_runtime_error_inside_a_fragment_names_the_node():
     feeds["x@t4"] = np.ones((2, 2))  # 2 rows against 3: the total input of step 4 cannot be formed
     with pytest.raises(tg.ShapeError, match="net@t4"):
         g.forward(feeds)
+
+
+def test_fragment_code_is_shared_by_graphs_of_one_shape():
+    from tinygraph import fragments
+    for seed in range(3):  # new graphs, new tie groups and slope groups: the same generated code
+        g, _, loss, feeds, *_ = _chain("tanh", T=6, B=2, H=3, seed=seed)
+        g.forward(feeds).backward(loss)
+        if seed == 0:
+            size = len(fragments._CODE)
+    assert len(fragments._CODE) == size
