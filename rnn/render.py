@@ -250,41 +250,14 @@ def _resolve(obj, acts, grads):
 
 
 def _feeds_by_state(em):
-    """{(group, t): [(kind, units or None, fed node)]}: the clamped and targeted states, from
-    Emitted.feeds.  Units come from the op that applies the feed (clamp / getitem); None = all."""
-    wanted = {n.index for n, *_ in em.feeds}
-    consumers = {}
-    for n in em.graph.nodes:
-        for i in n.inputs:
-            if i.index in wanted:
-                consumers.setdefault(i.index, []).append(n)
-    where = {node.index: (g, t) for t, layer in enumerate(em.layers) for g, node in layer.items()}
+    """{(group, t): [(kind, units or None, fed node)]}: the clamped and targeted states, as
+    Emitted recorded them when it made the feeds (None units = the whole group)."""
     out = {}
     for node, kind, _, _ in em.feeds:
-        units = None
         if kind == "mask":
             continue
-        if kind == "clamp":
-            if node.index in where:  # a whole group clamped: the input node *is* the state
-                key = where[node.index]
-            else:
-                m = re.match(r"^clamp\[(\w+)\](?:#\d+)?@t(\d+)$", node.name)
-                if m is None:
-                    continue
-                key = (m.group(1), int(m.group(2)))
-                for c in consumers.get(node.index, []):
-                    if c.op == "clamp":
-                        units = [int(u) for u in np.asarray(c.attrs["units"]).ravel()]
-        else:
-            m = re.match(r"^target\[(\w+)(?:#\d+)?@t(\d+)\]$", node.name)
-            if m is None:
-                continue
-            key = (m.group(1), int(m.group(2)))
-            for c in consumers.get(node.index, []):
-                sel = c.inputs[0] if c.inputs else None
-                if sel is not None and sel.op == "getitem":
-                    units = [int(u) for u in np.asarray(sel.attrs["index"][-1]).ravel()]
-        out.setdefault(key, []).append((kind, units, node))
+        group, t, units = em.feed_at[node.index]
+        out.setdefault((group, t), []).append((kind, units, node))
     return out
 
 

@@ -36,6 +36,7 @@ class Emitted:
         self.copies = {name: [] for name in net.weights}
         self.copy_steps = {name: [] for name in net.weights}
         self.feeds = []  # (input node, "clamp"|"target"|"mask", record index, position in its steps)
+        self.feed_at = {}  # input node index -> (group, step, units or None for all): what it feeds
         self.cut = None if truncate is None else T - truncate
         order = net.group_order()
 
@@ -53,7 +54,7 @@ class Emitted:
             for k, (r, pos, units) in enumerate(entries):
                 suffix = "" if len(entries) == 1 else f"#{k}"
                 inp = g.input(f"clamp[{grp}]{suffix}@t{t}", (None, len(units)))
-                self.feeds.append((inp, "clamp", r, pos))
+                self._feed(inp, "clamp", r, pos, grp, t, units)
                 last = k == len(entries) - 1
                 state = tg.clamp(state, inp, units, name=f"{grp}@t{t}" if last else f"clamped{k}[{grp}]@t{t}")
             return state
@@ -66,7 +67,7 @@ class Emitted:
             full = full_clamp(grp, 0)
             if full is not None:
                 node = g.input(f"{grp}@t0", (None, G.size))
-                self.feeds.append((node, "clamp", full[0], full[1]))
+                self._feed(node, "clamp", full[0], full[1], grp, 0, None)
             else:
                 partial = bool(clamp_at.get((grp, 0)))
                 final = partial or batched
@@ -91,7 +92,7 @@ class Emitted:
                 full = full_clamp(grp, t)
                 if full is not None:
                     node = g.input(f"{grp}@t{t}", (None, G.size))
-                    self.feeds.append((node, "clamp", full[0], full[1]))
+                    self._feed(node, "clamp", full[0], full[1], grp, t, None)
                     self.layers[t][grp] = node
                     continue
                 terms = []
@@ -138,7 +139,7 @@ class Emitted:
                     onehot = values.ndim == 3
                     lab = g.input(f"target[{tag}]", (None, net.groups[grp].size) if onehot else (None,),
                                   dtype=np.float64 if onehot else np.int64)
-                    self.feeds.append((lab, "target", r, pos))
+                    self._feed(lab, "target", r, pos, grp, t, None)
                     logits = self.totals[t][grp]
                     if self.batch_node is not None and len(logits.shape) == 1:  # no connection brings a batch
                         key = f"rows[net[{grp}]]@t{t}"
@@ -147,14 +148,18 @@ class Emitted:
                     continue
                 sel = state if units is None else tg.getitem(state, (Ellipsis, units), name=f"sel[{tag}]")
                 tgt = g.input(f"target[{tag}]", (None, len(units) if units is not None else net.groups[grp].size))
-                self.feeds.append((tgt, "target", r, pos))
+                self._feed(tgt, "target", r, pos, grp, t, units)
                 if mask is None:
                     losses.append(tg.squared_error(sel, tgt, name=f"loss[{tag}]"))
                 else:
                     m = g.input(f"mask[{tag}]", tgt.shape)
-                    self.feeds.append((m, "mask", r, pos))
+                    self._feed(m, "mask", r, pos, grp, t, units)
                     losses.append(tg.weighted_squared_error(sel, tgt, m, name=f"loss[{tag}]"))
         self.loss = tg.add_n(losses, name="loss") if losses else None
+
+    def _feed(self, node, kind, record, pos, group, t, units):
+        self.feeds.append((node, kind, record, pos))
+        self.feed_at[node.index] = (group, t, None if units is None else [int(u) for u in units])
 
     def feed_dict(self, clamps, targets, batch):
         feeds = {}

@@ -162,6 +162,14 @@ def test_clamped_and_targeted_states_are_marked_per_step():
     run2 = ff.run([rnn.Clamp("h", np.ones((1, 1, 2)), steps=[0], units=[0, 2])],
                   [rnn.Target("y", np.ones((T, 1, 1)), steps="all")])
     assert "clamped units 0, 2" in node_stmt(rnn.render(run2).source, f"n{run2.emitted.layers[0]['h'].index}")
+    # a partial target too; the marks come from what unroll recorded, not from node names
+    run3 = ff.run([rnn.Clamp("x", np.ones((T, 1, 2)))],
+                  [rnn.Target("h", np.zeros((1, 1, 2)), steps=[2], units=[1, 2])])
+    em3 = run3.emitted
+    for node, *_ in em3.feeds:
+        node.name = "renamed_" + node.name
+    h2 = node_stmt(rnn.render(run3).source, f"n{em3.layers[2]['h'].index}")
+    assert "target units 1, 2" in h2 and "peripheries=2" in h2
 
 
 def test_check_colours_a_corrupted_copy_red():
