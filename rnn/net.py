@@ -6,7 +6,7 @@ connections src -> g (delay d) of ``state[src][max(t - d, 0)] @ W[src->g]`` plus
 states.  ``net.weights`` holds the arrays every unrolled copy uses as storage.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
@@ -47,7 +47,6 @@ class Connection:
     src: str
     dst: str
     delay: int = 1
-    meta: dict = field(default_factory=dict)
 
 
 def _check_group_name(name):
