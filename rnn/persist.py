@@ -36,7 +36,8 @@ MAX_NAME_CHARS = 1_000
 
 SPEC_KEY = "__spec__"
 _TOP_REQUIRED = ("format", "version", "groups")
-_TOP_OPTIONAL = ("name", "seed", "connections", "arrays")  # "arrays": where a saved file keeps each weight
+# "arrays": where a saved file keeps each weight; "rng": the state of the net's random generator
+_TOP_OPTIONAL = ("name", "seed", "connections", "arrays", "rng")
 _GROUP_REQUIRED = ("name", "size")
 _GROUP_OPTIONAL = ("activation", "role", "bias", "initial")
 _CONN_REQUIRED = ("src", "dst")
@@ -116,11 +117,43 @@ def net_spec(net):
             "groups": groups, "connections": connections}
 
 
+def rng_state(net):
+    """The net's random generator state as JSON-ready data (None unless it is numpy's PCG64):
+    saved with the net, so that weights drawn after loading continue the same stream."""
+    rng = getattr(net, "_rng", None)
+    state = getattr(getattr(rng, "bit_generator", None), "state", None)
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        return None
+    inner = state["state"]
+    return {"bit_generator": "PCG64", "state": {"state": int(inner["state"]), "inc": int(inner["inc"])},
+            "has_uint32": int(state["has_uint32"]), "uinteger": int(state["uinteger"])}
+
+
+def _check_rng(rng):
+    """A saved generator state, checked key by key before numpy sees it."""
+    where = "the spec's rng"
+    _check_keys(rng, where, ("bit_generator", "state", "has_uint32", "uinteger"), ())
+    if rng["bit_generator"] != "PCG64":
+        raise LoadError(f"{where}: bit_generator must be 'PCG64', got {_short(rng['bit_generator'])}")
+    _check_keys(rng["state"], where + " state", ("state", "inc"), ())
+    for key in ("state", "inc"):
+        v = rng["state"][key]
+        if not (_is_int(v) and 0 <= v < 2 ** 128):
+            raise LoadError(f"{where}: state.{key} must be an integer in 0..2**128-1, got {_kind(v)} {_short(v)}")
+    if not (_is_int(rng["has_uint32"]) and rng["has_uint32"] in (0, 1)):
+        raise LoadError(f"{where}: has_uint32 must be 0 or 1, got {_short(rng['has_uint32'])}")
+    if not (_is_int(rng["uinteger"]) and 0 <= rng["uinteger"] < 2 ** 32):
+        raise LoadError(f"{where}: uinteger must be an integer in 0..2**32-1, got {_short(rng['uinteger'])}")
+    return {"bit_generator": "PCG64", "state": dict(rng["state"]), "has_uint32": rng["has_uint32"],
+            "uinteger": rng["uinteger"]}
+
+
 class _Plan:
     """A validated spec: normalized group and connection arguments and every weight's expected shape."""
 
-    def __init__(self, name, seed, groups, connections, shapes):
+    def __init__(self, name, seed, groups, connections, shapes, rng=None):
         self.name, self.seed, self.groups, self.connections, self.shapes = name, seed, groups, connections, shapes
+        self.rng = rng
 
 
 def _check_spec(spec):
@@ -241,7 +274,9 @@ def _check_spec(spec):
                         f"{MAX_WEIGHT_ENTRIES:,} (a damaged or hostile file?  If the net is real, raise "
                         f"rnn.persist.MAX_WEIGHT_ENTRIES)")
     shapes.update(conn_shapes)
-    return _Plan(name, None if seed is None else int(seed), groups, connections, shapes)
+    rng = spec.get("rng")
+    return _Plan(name, None if seed is None else int(seed), groups, connections, shapes,
+                 None if rng is None else _check_rng(rng))
 
 
 def _check_weights(weights, shapes):
@@ -287,6 +322,8 @@ def _build(plan, weights=None):
         # the given arrays themselves (dtype kept) become the storage, in the given order
         net.weights.clear()
         net.weights.update(weights)
+    if plan.rng is not None:  # after the draws above: the saved net's stream continues from here
+        net._rng.bit_generator.state = plan.rng
     return net
 
 
@@ -327,7 +364,11 @@ def save_net(net, path):
         key = name if _safe_key(name) else f"__w{i}"
         mapping.append([name, key])
         arrays[key] = weights[name]
-    blob = json.dumps(dict(spec, arrays=mapping), allow_nan=False, separators=(",", ":")).encode("utf-8")
+    extra = {"arrays": mapping}
+    rng = rng_state(net)
+    if rng is not None:
+        extra["rng"] = rng
+    blob = json.dumps(dict(spec, **extra), allow_nan=False, separators=(",", ":")).encode("utf-8")
     arrays = {SPEC_KEY: np.frombuffer(blob, dtype=np.uint8), **arrays}
     return atomic_write(path, lambda f: write_npz(f, arrays))
 

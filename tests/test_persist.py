@@ -85,6 +85,52 @@ def test_round_trip_is_bitwise_and_keeps_structure(tmp_path):
     assert "h->h[d2]" in back.connections and "hidden to memory" in back.connections
 
 
+def test_random_stream_continues_after_loading(tmp_path):
+    # weights drawn after saving (a new group's learned initial state, a new connection) are the
+    # ones the original net draws next, not a re-seeded stream
+    net = make_net()
+    net.save(tmp_path / "net.npz")
+    back = rnn.load(tmp_path / "net.npz")
+    for n in (net, back):
+        n.add_group("z", 4, activation="tanh", initial="learned")
+        n.connect("h", "z", delay=1)
+    assert back.weights["init:z"].tobytes() == net.weights["init:z"].tobytes()
+    assert back.weights["h->z"].tobytes() == net.weights["h->z"].tobytes()
+
+
+
+def test_file_without_random_state_still_loads(tmp_path, monkeypatch):
+    # files written before the state was saved: the loaded net re-seeds, so its next draws
+    # differ (the saved weights were not drawn again), which is what saving the state fixes
+    net = make_net()
+    monkeypatch.setattr(persist, "rng_state", lambda net: None)
+    net.save(tmp_path / "old.npz")
+    back = rnn.load(tmp_path / "old.npz")
+    assert all(back.weights[k].tobytes() == v.tobytes() for k, v in net.weights.items())
+    for n in (net, back):
+        n.connect("x", "y", delay=1, name="late")
+    assert back.weights["late"].tobytes() != net.weights["late"].tobytes()
+
+
+@pytest.mark.parametrize("rng, fragment", [
+    ("PCG64", "must be a JSON object"),
+    ({"bit_generator": "MT19937", "state": {"state": 1, "inc": 1}, "has_uint32": 0, "uinteger": 0},
+     "bit_generator must be 'PCG64'"),
+    ({"bit_generator": "PCG64", "state": {"state": -1, "inc": 1}, "has_uint32": 0, "uinteger": 0}, "state.state"),
+    ({"bit_generator": "PCG64", "state": {"state": 1, "inc": 2 ** 128}, "has_uint32": 0, "uinteger": 0},
+     "state.inc"),
+    ({"bit_generator": "PCG64", "state": {"state": 1, "inc": 1}, "has_uint32": 2, "uinteger": 0}, "has_uint32"),
+    ({"bit_generator": "PCG64", "state": {"state": 1, "inc": 1}, "has_uint32": 0, "uinteger": 1.5}, "uinteger"),
+    ({"bit_generator": "PCG64", "state": {"state": 1}, "has_uint32": 0, "uinteger": 0}, "lacks"),
+    ({"bit_generator": "PCG64", "state": {"state": 1, "inc": 1}, "has_uint32": 0, "uinteger": 0, "x": 1},
+     "unknown key"),
+])
+def test_a_damaged_random_state_is_refused_clearly(rng, fragment):
+    spec = dict(make_net().spec(), rng=rng)
+    with raises_clear(rnn.LoadError, "rng", fragment):
+        rnn.net_from_spec(spec)
+
+
 def test_loaded_net_computes_exactly_the_same_loss_and_gradients(tmp_path):
     net = make_net()
     net.save(tmp_path / "net.npz")
