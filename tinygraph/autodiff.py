@@ -380,10 +380,10 @@ def backward_pass(acts, loss, seed, check_finite=False):
         t = tied.get(j)
         shape = values[j].shape
         if t is not None:
-            key = (id(t), gi.shape) if gi.shape != shape else id(t)
-            cur = wide.get(key) if gi.shape != shape else tsum.get(key)
+            store, key = (wide, (id(t), gi.shape)) if gi.shape != shape else (tsum, id(t))
+            cur = store.get(key)
             if cur is None:
-                (wide if gi.shape != shape else tsum)[key] = np.array(gi, copy=True)
+                store[key] = np.array(gi, copy=True)  # owned: later contributions add in place
             else:
                 cur += gi
             return
@@ -456,34 +456,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
                 gi = vjp(g, values[index], *ins)
                 if gi is None:
                     continue
-            # accumulate(j, gi), written out: this is the hot loop of every backward pass
-            shape = values[j].shape
-            if t is not None:
-                if gi.shape != shape:
-                    key = (id(t), gi.shape)
-                    cur = wide.get(key)
-                    if cur is None:
-                        wide[key] = np.array(gi, copy=True)
-                    else:
-                        cur += gi
-                else:
-                    cur = tsum.get(id(t))
-                    if cur is None:
-                        tsum[id(t)] = np.array(gi, copy=True)  # owned: later contributions add in place
-                    else:
-                        cur += gi
-                continue
-            if gi.shape != shape:
-                gi = unbroadcast(gi, shape)
-            prev = grads[j]
-            if prev is None:
-                grads[j] = gi
-            elif j in owned:
-                prev += gi
-                grads[j] = prev  # (a numpy scalar does not add in place: keep the new object)
-            else:
-                grads[j] = prev + gi  # a new buffer: gi and prev may be shared with other nodes
-                owned.add(j)
+            accumulate(j, gi)
     for tid, (As, Gs) in outer.items():
         if not As:  # a fragment prepared the lists, but no gradient reached these copies
             continue
