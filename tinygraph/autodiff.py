@@ -9,7 +9,7 @@ every node the loss depends on (parameters, inputs and intermediates alike).
 import numpy as np
 
 from . import ops as _ops
-from .fragments import FRAGMENT, find_fragments
+from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
 from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, SlopeRow, lift, stack_rows
@@ -44,7 +44,6 @@ def compile_plan(graph, outputs=None, batch=None):
         if len(graph._plans) > 32:
             graph._plans.clear()
         plan = graph._plans[key] = Plan(graph, ancestors(graph, roots), batch=batch)
-        plan.fast_steps = find_fragments(plan.steps)  # check_finite runs use plan.steps
     return plan
 
 

@@ -28,16 +28,24 @@ MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 
 
-def TIED_MATMUL_A(g, out, a, b):
-    """Marks the VJP of a 2-D matmul's first operand when the second is a tied weight:
-    backward multiplies by one cached contiguous transpose of the shared weight."""
-    return g @ b.T
+class Marker:
+    """A VJP slot the backward loops handle themselves (compared by identity, never called)."""
+
+    __slots__ = ("name", "why")
+
+    def __init__(self, name, why):
+        self.name, self.why = name, why
+
+    def __repr__(self):
+        return f"<VJP marker {self.name}: {self.why}>"
 
 
-def TIED_OUTER(g, out, a, b):
-    """Marks the VJP of a 2-D matmul's tied weight: backward collects (a, g) and sums
-    a.T @ g over all copies in one matrix product (see autodiff.backward_pass)."""
-    return a.T @ g
+TIED_MATMUL_A = Marker("TIED_MATMUL_A", "a 2-D matmul's first operand when the second is a tied weight: "
+                       "g @ W.T against one contiguous W.T per sweep")
+TIED_OUTER = Marker("TIED_OUTER", "a 2-D matmul's tied weight: (a, g) collected, sum of a.T @ g over all "
+                    "copies taken as a few large products at the end (autodiff._sum_outer)")
+SOURCE_VIA_BATCH = Marker("SOURCE_VIA_BATCH", "a PreSum add_n's tied source: its gradient is read off the "
+                          "member batch's stacked gradient in one reduction (Batch.source_grads)")
 
 
 def _freeze(v):
@@ -303,6 +311,8 @@ class Plan:
                         self.fed_rows[j] = ((b.id, pos), k)
         self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
                                    self.batches, self.tied, uses)
+        from .fragments import find_fragments  # (fragments.py builds on this module's step kinds)
+        self.fast_steps = find_fragments(self.steps)  # what runs; check_finite runs use self.steps
         self._consumers = None
 
     def consumers(self, index):
@@ -344,14 +354,7 @@ class PreSum:
         return total
 
 
-def SOURCE_VIA_BATCH(g, out, *inputs):
-    """Marks the VJP of a PreSum add_n's tied source (a bias copy): each member's gradient is
-    exactly this add_n's gradient, so the tie's total is read off the batch's stacked gradient
-    in one reduction (Batch.source_grads) instead of one addition per time step."""
-    return g
-
-
-def _with_presums(steps, nodes, member_of, batches=None, tied=None, uses=None):
+def _with_presums(steps, nodes, member_of, batches, tied, uses):
     """add_n steps of one shape of operands (one batch member, sources shared by value,
     the rest computed singly), two or more of them per batch, become PRESUM steps
     ``(PRESUM, index, (group, row, live indices), in_idx, vjps)``: backward treats them as
@@ -399,8 +402,6 @@ def _sources_via_batch(steps, ks, nodes, mpos, sources, tied, uses, batches):
     every member feeds only its add_n (so its gradient is the add_n's), and the source
     broadcasts into the member's shape (so summing the member's gradient over the source's
     broadcast axes gives the source's share)."""
-    if batches is None or tied is None or uses is None:
-        return ()
     for k, _ in ks:
         member = steps[k][3][mpos]
         if uses.get(member) != 1 or nodes[member].shape != nodes[steps[k][1]].shape:
@@ -420,7 +421,7 @@ def _sources_via_batch(steps, ks, nodes, mpos, sources, tied, uses, batches):
     return tuple(out)
 
 
-def _with_slope_groups(steps, nodes, batches=()):
+def _with_slope_groups(steps, nodes, batches):
     """Steps whose single nodes of a slope op (see ops.OpDef.slope) of one shape, two or
     more of them, get SlopeRow VJPs sharing one SlopeGroup."""
     stacks = {tuple(ref): (b.id, pos) for b in batches for pos, (kind, ref) in enumerate(b.inputs)
