@@ -6,7 +6,7 @@ steps that use it, identical layers)."""
 import networkx as nx
 import numpy as np
 
-from tinygraph.check import noise_floor, relative_error
+from tinygraph.check import central_differences, noise_floor, relative_error
 
 from .bptt import bptt
 from .data import Target, resolve_all
@@ -138,20 +138,11 @@ def check_equivalence(net, steps, inputs=(), targets=(), truncate=None, reduce="
     if finite_differences and truncate is None:
         rng = np.random.default_rng(seed)
         floor = noise_floor(out.loss, eps, tol_fd)  # finite differences' rounding noise scales with the loss
+        def loss():
+            return ff.run(inputs, targets, backward=False).loss
         for name, arr in net.weights.items():
-            flat = arr.reshape(-1)  # a view: perturbing it perturbs every tied copy at once
-            idx = np.arange(flat.size)
-            if flat.size > max_entries:
-                idx = np.sort(rng.choice(flat.size, max_entries, replace=False))
-            numeric = np.empty(idx.size)
-            for k, i in enumerate(idx):
-                old = flat[i]
-                flat[i] = old + eps
-                up = ff.run(inputs, targets, backward=False).loss
-                flat[i] = old - eps
-                down = ff.run(inputs, targets, backward=False).loss
-                flat[i] = old
-                numeric[k] = (up - down) / (2 * eps)
+            # the net's array is every tied copy's storage: perturbing it perturbs them all at once
+            idx, numeric = central_differences(loss, arr, eps, max_entries, rng)
             analytic = out.weight_grads[name].reshape(-1)[idx]
             if reduce == "mean" and em.copies[name]:
                 analytic = analytic * len(em.copies[name])  # the mean is the derivative divided by #copies

@@ -29,6 +29,26 @@ def relative_error(analytic, numeric, floor=1e-8):
     return float(np.max(np.abs(a - n)) / scale)
 
 
+def central_differences(loss_fn, arr, eps, max_entries=None, rng=None):
+    """(indices, dloss/d arr.flat[indices]) by central differences: each entry of ``arr`` is
+    perturbed in place (so any storage sharing it moves too) and restored.  ``max_entries``
+    samples that many entries (with ``rng``) instead of all."""
+    flat = arr.reshape(-1)  # a view: perturbing it perturbs the live array (and any shared copy)
+    idx = np.arange(flat.size)
+    if max_entries is not None and flat.size > max_entries:
+        idx = np.sort(rng.choice(flat.size, size=max_entries, replace=False))
+    numeric = np.empty(idx.size)
+    for k, i in enumerate(idx):
+        old = flat[i]
+        flat[i] = old + eps
+        up = loss_fn()
+        flat[i] = old - eps
+        down = loss_fn()
+        flat[i] = old
+        numeric[k] = (up - down) / (2 * eps)
+    return idx, numeric
+
+
 def noise_floor(loss, eps, tol=1e-6):
     """The gradient scale below which central differences cannot be judged to ``tol``:
     their rounding noise is about 2.2e-16 |loss| / eps."""
@@ -90,19 +110,7 @@ def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, m
         else:
             raise GraphError(f"check_gradients: '{node.name}' is a {node.op} node; only params and inputs can be perturbed")
         analytic = np.asarray(grads[node], dtype=np.float64).reshape(-1)
-        flat_idx = np.arange(arr.size)
-        if max_entries is not None and arr.size > max_entries:
-            flat_idx = np.sort(rng.choice(arr.size, size=max_entries, replace=False))
-        numeric = np.empty(len(flat_idx))
-        view = arr.reshape(-1)  # a view: perturbing it perturbs the live array (and any shared copy)
-        for k, i in enumerate(flat_idx):
-            old = view[i]
-            view[i] = old + eps
-            up = loss_value()
-            view[i] = old - eps
-            down = loss_value()
-            view[i] = old
-            numeric[k] = (up - down) / (2 * eps)
+        flat_idx, numeric = central_differences(loss_value, arr, eps, max_entries, rng)
         errors[node.name] = relative_error(analytic[flat_idx], numeric, floor)
     if not errors:
         return GradientCheck(0.0, None, errors)
