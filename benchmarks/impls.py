@@ -134,7 +134,26 @@ def _torch():
     return torch
 
 
-class TorchLoopRNN:
+class _TorchTraining:
+    """What both PyTorch implementations share: a step is zero_grad, backward, SGD step;
+    ``grads`` maps their parameters' gradients to the floor's names (``_named_grads``)."""
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def grads(self):
+        self.opt.zero_grad(set_to_none=True)
+        self._loss().backward()
+        out = self._named_grads()
+        self.opt.zero_grad(set_to_none=True)
+        return out
+
+
+class TorchLoopRNN(_TorchTraining):
     """PyTorch autograd with a Python loop over time, written well: the input projection of all
     steps is one matmul before the loop, the recurrence is one ``addmm`` + ``tanh`` per step, the
     output projection one matmul after it; ``torch.optim.SGD``."""
@@ -165,22 +184,11 @@ class TorchLoopRNN:
         y = torch.addmm(p["bias:y"], torch.stack(hs).view(T * B, H), p["h->y"])
         return 0.5 * ((y - self.Y2) ** 2).sum()
 
-    def step(self):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self._loss()
-        loss.backward()
-        self.opt.step()
-        return loss.item()
-
-    def grads(self):
-        self.opt.zero_grad(set_to_none=True)
-        self._loss().backward()
-        out = {k: v.grad.detach().numpy().copy() for k, v in self.p.items()}
-        self.opt.zero_grad(set_to_none=True)
-        return out
+    def _named_grads(self):
+        return {k: v.grad.detach().numpy().copy() for k, v in self.p.items()}
 
 
-class TorchNNRNN:
+class TorchNNRNN(_TorchTraining):
     """``torch.nn.RNN`` (tanh, one layer) + ``torch.nn.Linear``, learned h0; ``torch.optim.SGD``.
     nn.RNN has two hidden biases; ``bias_hh`` is fixed at 0 so the model is exactly the floor's."""
 
@@ -216,19 +224,8 @@ class TorchNNRNN:
         y = self.lin(out)
         return 0.5 * ((y - self.Y) ** 2).sum()
 
-    def step(self):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self._loss()
-        loss.backward()
-        self.opt.step()
-        return loss.item()
-
-    def grads(self):
-        self.opt.zero_grad(set_to_none=True)
-        self._loss().backward()
+    def _named_grads(self):
         n = lambda q: q.grad.detach().numpy().copy()  # noqa: E731
-        out = {"x->h": n(self.rnn.weight_ih_l0).T.copy(), "h->h": n(self.rnn.weight_hh_l0).T.copy(),
-               "bias:h": n(self.rnn.bias_ih_l0), "h->y": n(self.lin.weight).T.copy(),
-               "bias:y": n(self.lin.bias), "init:h": n(self.h0)}
-        self.opt.zero_grad(set_to_none=True)
-        return out
+        return {"x->h": n(self.rnn.weight_ih_l0).T.copy(), "h->h": n(self.rnn.weight_hh_l0).T.copy(),
+                "bias:h": n(self.rnn.bias_ih_l0), "h->y": n(self.lin.weight).T.copy(),
+                "bias:y": n(self.lin.bias), "init:h": n(self.h0)}
