@@ -375,7 +375,9 @@ def backward_pass(acts, loss, seed, check_finite=False):
     # unreduced, per shape, and reduced once at the end: one reduction instead of T.
     wide = {}
 
-    def accumulate(j, gi):
+    def accumulate(j, gi, fresh=False):
+        """Add gi into dE/d(node j).  ``fresh``: gi is a new array nobody else holds, so it
+        may become j's own buffer (and take j's later contributions in place)."""
         t = tied.get(j)
         shape = values[j].shape
         if t is not None:
@@ -391,11 +393,17 @@ def backward_pass(acts, loss, seed, check_finite=False):
         prev = grads[j]
         if prev is None:
             grads[j] = gi
+            if fresh:
+                owned.add(j)
         elif j in owned:
             prev += gi
             grads[j] = prev  # (a numpy scalar does not add in place: keep the new object)
+        elif fresh and prev.shape == gi.shape and prev.dtype == gi.dtype:
+            gi += prev
+            grads[j] = gi
+            owned.add(j)
         else:
-            grads[j] = prev + gi
+            grads[j] = prev + gi  # a new buffer: gi and prev may be shared with other nodes
             owned.add(j)
 
     for step in reversed(plan.steps if check_finite else plan.fast_steps):
@@ -431,17 +439,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
                 wT = transposed.get(id(w))
                 if wT is None:
                     wT = transposed[id(w)] = np.ascontiguousarray(w.T)
-                gi = dot(g, wT)  # a fresh array: it may become j's own buffer
-                prev = grads[j]
-                if prev is None:
-                    grads[j] = gi
-                    owned.add(j)
-                    continue
-                if prev.shape == gi.shape and prev.dtype == gi.dtype:
-                    gi += prev
-                    grads[j] = gi
-                    owned.add(j)
-                    continue
+                accumulate(j, dot(g, wT), True)  # a fresh array: it may become j's own buffer
+                continue
             elif vjp is TIED_OUTER:
                 pair = outer.get(id(t))
                 if pair is None:
