@@ -9,7 +9,7 @@ this file: call ``defop`` and write the node-building function next to it.
 """
 
 import builtins
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -60,8 +60,7 @@ def defop(name, forward, vjps, shape, variadic=False, batch=None, slope=None):
 
 
 def _set_batch(name, rule):
-    op = REGISTRY[name]
-    REGISTRY[name] = OpDef(op.name, op.forward, op.vjps, op.shape, op.variadic, rule, op.slope)
+    REGISTRY[name] = replace(REGISTRY[name], batch=rule)
 
 
 def get(name):
