@@ -230,15 +230,15 @@ class RunResult:
 
     def states(self, group):
         """The states of ``group`` at steps 0..T as one (T+1, batch, units) array."""
-        layers = self.emitted.layers
-        vals = [np.asarray(self.acts[layers[t][group]]) for t in range(len(layers))]
-        batch = max((v.shape[0] for v in vals if v.ndim == 2), default=1)
-        return np.stack([np.broadcast_to(v, (batch, v.shape[-1])) for v in vals])
+        return self._per_step(self.acts, group)
 
     def deltas(self, group):
         """dE/d(state) of ``group`` at steps 0..T as one (T+1, batch, units) array."""
-        layers = self.emitted.layers
-        vals = [np.asarray(self.grads[layers[t][group]]) for t in range(len(layers))]
+        return self._per_step(self.grads, group)
+
+    def _per_step(self, source, group):
+        """source[state of group at t] for t = 0..T, stacked (a batch-free step repeated over the batch)."""
+        vals = [np.asarray(source[layer[group]]) for layer in self.emitted.layers]
         batch = max((v.shape[0] for v in vals if v.ndim == 2), default=1)
         return np.stack([np.broadcast_to(v, (batch, v.shape[-1])) for v in vals])
 

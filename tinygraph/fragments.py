@@ -79,11 +79,10 @@ def find_fragments(steps):
 class Fragment:
     """``steps`` (whole repetitions of a ``period``), their index rows and generated loops."""
 
-    __slots__ = ("steps", "period", "proto", "rows", "forward", "backward", "F", "G")
+    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G")
 
     def __init__(self, steps, period):
         self.steps = steps
-        self.period = period
         self.proto = steps[:period]
         self.rows = []
         for r in range(0, len(steps), period):
