@@ -27,7 +27,9 @@ from tinygraph.errors import GraphError
 from tinygraph.io import atomic_write
 
 from .bptt import bptt
+from .data import resolve_all
 from .inspect import inspect
+from .train import SequenceData
 
 __all__ = ["delta_heatmap", "gradient_norms_over_time", "norms_for_scales", "peeling_frames", "frames_to_gif",
            "training_curves", "MatplotlibNotFoundError", "FigureError", "DPI"]
@@ -383,20 +385,6 @@ def gradient_norms_over_time(curves, path, title=None, ylabel=None, note=None):
 
 # ----------------------------------------------------------------- the backward pass peeling the stack
 
-def _select_example(inputs, targets, example):
-    """The clamps and targets of one example (values sliced to a batch of one)."""
-    from .data import Clamp, Target
-
-    def one(values):
-        arr = np.asarray(values)
-        return arr[:, example:example + 1] if arr.ndim >= 2 else arr
-
-    ins = [Clamp(c.group, one(c.values), c.steps, c.units) for c in inputs]
-    tgts = [Target(t.group, one(t.values), t.steps, t.units, t.loss, None if t.mask is None else one(t.mask))
-            for t in targets]
-    return ins, tgts
-
-
 def peeling_frames(net, steps, inputs, targets, out_dir, example=0, note=None, prefix="peel"):
     """Draw the backward pass peeling the stack: one PNG frame per backward step t = T, T-1, ..., 0.
 
@@ -430,15 +418,14 @@ def peeling_frames(net, steps, inputs, targets, out_dir, example=0, note=None, p
     where = "peeling_frames"
     _matplotlib(where)
     inputs, targets = list(inputs or []), list(targets or [])
-    probe = bptt(net, steps, inputs, targets)  # checks the data, gives the batch size
+    _, _, batch = resolve_all(net, steps, inputs, targets)  # checks the data, gives the batch size
     if example is not None:
-        if isinstance(example, bool) or not isinstance(example, (int, np.integer)) or not 0 <= example < probe.batch:
-            raise FigureError(f"{where}: example must be an int in 0..{probe.batch - 1} (the batch has "
-                              f"{probe.batch}), or None for the whole batch; got {example!r}")
-        inputs, targets = _select_example(inputs, targets, int(example))
-        ref = bptt(net, steps, inputs, targets)
-    else:
-        ref = probe
+        if isinstance(example, bool) or not isinstance(example, (int, np.integer)) or not 0 <= example < batch:
+            raise FigureError(f"{where}: example must be an int in 0..{batch - 1} (the batch has "
+                              f"{batch}), or None for the whole batch; got {example!r}")
+        if batch > 1:
+            inputs, targets = SequenceData(inputs, targets).subset(slice(int(example), int(example) + 1))
+    ref = bptt(net, steps, inputs, targets)
     T = steps
     order = list(net.groups)
     shown = 0  # which row of the batch the unit squares show

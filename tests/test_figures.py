@@ -163,6 +163,25 @@ def test_peeling_frames_count_and_order(tmp_path):
     assert sorted(frames) == frames
 
 
+def test_peeling_one_example_of_a_batch_with_a_single_step_clamp(tmp_path, monkeypatch):
+    # a single-step clamp may be given as (batch, units); picking example 1 must slice the batch
+    task, _ = tiny_adder()
+    net = task.net()
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 2, size=(3, net.groups["x"].size)).astype(float)
+    Y = rng.uniform(size=(task.steps, 3, 1))
+    seen = []
+    real = figures.bptt
+    monkeypatch.setattr(figures, "bptt", lambda *a: seen.append(a) or real(*a))
+    frames = figures.peeling_frames(net, task.steps, [rnn.Clamp("x", X, steps=[1])], [rnn.Target("y", Y)],
+                                    tmp_path, example=1)
+    assert len(frames) == task.steps + 1
+    assert len(seen) == 1  # one backward pass for the frames
+    (clamp,), (target,) = seen[0][2], seen[0][3]
+    np.testing.assert_array_equal(np.asarray(clamp.values), X[None, 1:2])
+    np.testing.assert_array_equal(np.asarray(target.values), Y[:, 1:2])
+
+
 def test_frames_to_gif_without_pillow_warns(tmp_path, monkeypatch):
     task, data = tiny_adder()
     frames = figures.peeling_frames(task.net(), task.steps, data.inputs, data.targets, tmp_path)
