@@ -10,7 +10,7 @@ import time
 
 from . import figures
 from .check import check_equivalence
-from .inspect import inspect
+from .inspect import Inspection
 from .render import render, render_side_by_side
 from .tasks import Attractor, BinaryAddition
 from .train import train
@@ -40,12 +40,12 @@ def _train_adder(task, stream, progress, max_seeds=3):
     return net, hist, seed
 
 
-def _pictures(net, out, example, steps_shown, report_small):
-    """The graphviz pictures: folded, unrolled (with values and gradients), side by side, units, check."""
+def _pictures(net, out, steps_shown, report_small):
+    """The graphviz pictures: folded, unrolled (with values and gradients), side by side, units, check;
+    the values and gradients are those of the small example's checked run."""
     paths = {}
     paths["folded"] = write(render(net, title=f"the recurrent net '{net.name}'"), os.path.join(out, "folded.svg"))
-    ff = net.unroll(steps_shown)
-    run = ff.run(*example)
+    run = report_small.run
     paths["unrolled"] = write(render(run, acts=run.acts, grads=run.grads,
                                      title=f"'{net.name}' unrolled for {steps_shown} steps"),
                               os.path.join(out, "unrolled.svg"))
@@ -130,7 +130,6 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         example_small = (sd.inputs, sd.targets)
         steps_small = small.steps
         metric = "train acc"
-        norms_group = "h"
         factory = lambda scale: t.net(seed=0, hidden=8, activation="tanh", recurrent_scale=scale)  # noqa: E731
     else:
         t = Attractor(units=8, patterns=3, steps=8, k=3, flips=1, n_train=256, seed=0)
@@ -147,7 +146,6 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         example_small = (sd.inputs, sd.targets)
         steps_small = t.steps
         metric = "recall"
-        norms_group = "h"
         factory = lambda scale: _scaled_attractor(t, scale)  # noqa: E731
 
     say("")
@@ -165,8 +163,8 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
 
     paths = {}
     report_small = check_equivalence(net, steps_small, *example_small)
-    paths.update(_pictures(net, out, example_small, steps_small, report_small))
-    ins = inspect(net, t.steps, [c for c in data.inputs], data.targets)
+    paths.update(_pictures(net, out, steps_small, report_small))
+    ins = Inspection(net, t.steps, report.run)  # the checked run is the one to inspect
     with open(os.path.join(out, "derivatives.txt"), "w") as f:
         f.write(ins.table(max_rows=10_000))
     ins.to_csv(os.path.join(out, "derivatives.csv"))
@@ -174,7 +172,7 @@ def run_demo(task="adder", out="tinygraph-demo", progress=True, stream=None):
         paths["heatmap"] = figures.delta_heatmap(ins, os.path.join(out, "heatmap.png"), example=0,
                                                  targets=data.targets)
         curves = figures.norms_for_scales(factory, t.steps, data.inputs, data.targets, [0.5, 1.0, 2.0, 4.0],
-                                          group=norms_group)
+                                          group="h")
         paths["norms"] = figures.gradient_norms_over_time(curves, os.path.join(out, "gradient_norms.png"))
         frames = figures.peeling_frames(net, steps_small, *example_small, os.path.join(out, "peeling"))
         gif = figures.frames_to_gif(frames, os.path.join(out, "peeling.gif"))
