@@ -38,7 +38,7 @@ DPI = 110
 INSTALL_HINT = "pip install tinygraph[viz]"
 
 # Okabe & Ito's colour-blind safe colours (the same family tinygraph.render uses).
-BLUE, ORANGE, VERMILION, GREEN, SKY, GREY = "#0072B2", "#E69F00", "#D55E00", "#009E73", "#56B4E9", "#777777"
+BLUE, VERMILION, GREY = "#0072B2", "#D55E00", "#777777"
 DELTA_CMAP = "RdBu_r"   # diverging: red = positive dE/dstate, blue = negative, white = 0
 STATE_CMAP = "Greys"    # activities: white = low, black = high (as in Hinton diagrams)
 

@@ -9,15 +9,15 @@ can be seen.  Like ``tinygraph.render`` this only builds a ``graphviz.Digraph``
 it into SVG/PNG/PDF.
 """
 
-import html
 import re
 
 import graphviz
 import numpy as np
 
 from tinygraph.check import relative_error
-from tinygraph.render import (FONT, GRAD_COLOUR, MONO, MUTED, RenderError, TooManyNodesError, full_text,
-                              node_id, palette, summarize)
+from tinygraph.render import (FONT, GRAD_COLOUR, MONO, MUTED, RenderError, TooManyNodesError, _esc_string, _h,
+                              full_text, node_id, palette, summarize)
+from tinygraph.render import _lines as _html_lines
 
 from .net import RecurrentNet
 from .unroll import RunResult, Unrolled, initial_state
@@ -51,15 +51,7 @@ CAPTION = ("A recurrent net is a feed-forward net with one layer per time step w
 
 # ----------------------------------------------------------------- small helpers
 
-def _h(text):
-    return html.escape(str(text), quote=True)
-
-
-def _tip(text):
-    """Text for a DOT tooltip: backslashes and quotes literal, newlines as graphviz's '\\n',
-    never read as an HTML label."""
-    text = str(text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return graphviz.nohtml(text)
+_tip = _esc_string  # text for a DOT tooltip (never read as an HTML label)
 
 
 def _row(a):
@@ -77,15 +69,8 @@ def _err(e):
 
 
 def _lines(text, colour=None, size=9, face=MONO, prefix=""):
-    """HTML-label lines, left-aligned, continuation lines indented under the prefix."""
-    text = prefix + str(text).replace("\n", "\n" + " " * len(prefix))
-    body = '<BR ALIGN="LEFT"/>'.join(_h(line) for line in text.split("\n")) + '<BR ALIGN="LEFT"/>'
-    attrs = f' POINT-SIZE="{size}"'
-    if colour:
-        attrs += f' COLOR="{colour}"'
-    if face:
-        attrs += f' FACE="{face}"'
-    return f"<FONT{attrs}>{body}</FONT>"
+    """tinygraph.render's HTML-label lines, with this module's default size and face."""
+    return _html_lines(text, colour, size, face, prefix)
 
 
 def _table(rows):
@@ -265,7 +250,6 @@ class _Steps:
     """Which steps are drawn: all, or the first and last ``show_ends`` around one elision."""
 
     def __init__(self, T, max_steps, show_ends):
-        self.T = T
         if T > max_steps and 2 * show_ends < T + 1:
             self.shown = list(range(show_ends)) + list(range(T - show_ends + 1, T + 1))
             self.gap = (show_ends, T - show_ends)  # inclusive
@@ -548,7 +532,7 @@ class _Unrolled:
         edge = dict(color=colour, penwidth="1.4", **{"class": "copy"})
         grad = self._grad(copy)
         if grad is not None:
-            norm = self.gnorm.get((c.name, t), float(np.linalg.norm(grad)))
+            norm = self.gnorm[(c.name, t)]
             rows.append(_lines(f"|grad| {norm:.3g}", GRAD_COLOUR, 8, MONO))
             tip.append(f"this copy's own gradient (step {t} only), norm {norm:.6g}: {full_text(grad)}")
             if self.gmax > 0:
