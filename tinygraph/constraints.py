@@ -469,11 +469,7 @@ class ConstraintSet:
         if variable.tie is not None and hasattr(grads, "tied_sum") and variable.tie.members[0] in grads.acts:
             total = grads.tied_sum(variable.tie)
             return total / len(variable.members) if variable.reduce == "mean" else total
-        gs = [grads[m] for m in variable.members]
-        if len(gs) == 1:
-            return np.asarray(gs[0])
-        total = np.add.reduce(gs) if len(gs) < 64 else _sum_arrays(gs)
-        return total / len(gs) if variable.reduce == "mean" else total
+        return reduce_member_grads(variable, [grads[m] for m in variable.members])
 
     def project(self, per_var):
         """Project {variable: gradient or step} onto every affected constraint system (new dict)."""
@@ -482,10 +478,7 @@ class ConstraintSet:
             return out
         for s in self._systems:
             if any(v in out for v in s.variables):
-                missing = [v for v in s.variables if v not in out]
-                full = dict(out)
-                for v in missing:
-                    full[v] = np.zeros(v.shape)
+                full = {v: out[v] if v in out else np.zeros(v.shape) for v in s.variables}  # what s reads
                 out.update({v: g for v, g in s.project(full).items() if v in out})
         return out
 
@@ -519,8 +512,16 @@ class ConstraintSet:
         return {tuple(s.names()): s.residual() for s in self._systems or []}
 
 
+def reduce_member_grads(variable, gs):
+    """A variable's unconstrained gradient from its members' (present) gradients: their sum,
+    or for reduce="mean" the sum over the variable's member count."""
+    total = np.asarray(gs[0]) if len(gs) == 1 else _sum_arrays(gs)
+    return total / len(variable.members) if variable.reduce == "mean" else total
+
+
 def _sum_arrays(arrays):
-    total = np.array(arrays[0], dtype=np.result_type(arrays[0], np.float64), copy=True)
+    """Their sum in one buffer, added in place (no stacked temporary); float32 stays float32."""
+    total = np.array(arrays[0], dtype=np.result_type(*{np.asarray(a).dtype for a in arrays}), copy=True)
     for a in arrays[1:]:
         total += a
     return total

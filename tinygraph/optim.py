@@ -13,6 +13,7 @@ wipe out rounding drift.
 import numpy as np
 
 from .autodiff import Gradients
+from .constraints import reduce_member_grads
 from .errors import GraphError, NodeTypeError
 from .node import Node
 
@@ -84,8 +85,7 @@ class Optimizer:
                 gs = [lookup[id(m)] for m in v.members if id(m) in lookup]
                 if not gs:
                     continue
-                total = np.add.reduce([np.asarray(g, dtype=np.float64) for g in gs])
-                out[v] = total / len(v.members) if v.reduce == "mean" else total
+                out[v] = reduce_member_grads(v, gs)
             return out
         raise NodeTypeError(f"{type(self).__name__}.step expects Gradients or a dict {{param: gradient}}, "
                             f"got {type(grads).__name__}")
