@@ -67,8 +67,7 @@ class BinaryAddition:
 
     def predict(self, net, pairs):
         """The sums the net computes (thresholding the output at 0.5) for ``pairs``."""
-        d = self.data(pairs)
-        out = net.unroll(self.steps).run(d.inputs, backward=False)
+        out = _unrolled(self, net).run(self.data(pairs).inputs, backward=False)
         y = out.states("y")[self.delay + 1:, :, 0] > 0.5
         return (y.astype(np.int64) << np.arange(self.out_bits)[:, None]).sum(axis=0)
 
@@ -135,13 +134,12 @@ class Attractor:
         second.metrics = first.metrics + second.metrics
         second.seconds += first.seconds
         second.updates += first.updates
-        second.epochs = len(second.loss)
         return second
 
     def evaluate(self, net, n=200, seed=12345):
         """(fraction recalled, largest state change over the last k steps) on unseen corrupted starts."""
         which, start = self.corrupt(n, np.random.default_rng(seed))
-        out = net.unroll(self.steps).run([Clamp("h", start[None], steps=[0])], backward=False)
+        out = _unrolled(self, net).run([Clamp("h", start[None], steps=[0])], backward=False)
         s = out.states("h")
         recalled = np.all((s[-1] > 0.5) == (self.patterns[which] > 0.5), axis=1)
         change = float(np.max(np.abs(np.diff(s[-self.k:], axis=0)))) if self.k > 1 else 0.0
@@ -174,3 +172,12 @@ class Echo:
     @property
     def train(self):
         return self.data(self.n_train, self.seed + 1)
+
+
+def _unrolled(task, net):
+    """The task's unrolled net for ``net``, kept between calls (accuracy runs after every
+    epoch); Unrolled re-emits its graph by itself when the net's weights were replaced."""
+    cached = getattr(task, "_unrolled_for", None)
+    if cached is None or cached[0] is not net:
+        cached = task._unrolled_for = (net, net.unroll(task.steps))
+    return cached[1]

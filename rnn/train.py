@@ -54,6 +54,10 @@ class History:
         self.seconds = 0.0
         self.updates = 0
 
+    @property
+    def epochs(self):
+        return len(self.loss)
+
     def __repr__(self):
         last = f"{self.loss[-1]:.4g}" if self.loss else "-"
         return f"<History {len(self.loss)} epochs, last loss {last}, {self.seconds:.1f}s>"
@@ -196,5 +200,4 @@ def train(net, data, steps, optimizer="adam", epochs=100, batch_size=32, lr=0.01
     if progress:
         sys.stderr.write("\n")
     hist.seconds = time.perf_counter() - start
-    hist.epochs = len(hist.loss)
     return hist
