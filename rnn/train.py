@@ -87,19 +87,8 @@ def windows(net, steps, inputs, targets, window):
 
     Yields (inputs, targets) per window; the caller clamps each window's initial states.
     """
-    from .data import _in_time_order, resolve_steps
-    resolved_in = []
-    for c in inputs:
-        st = resolve_steps(c.steps, steps, f"Clamp('{c.group}')")
-        st, vals = _in_time_order(st, np.asarray(c.values if np.ndim(c.values) == 3 else np.asarray(c.values)[None]))
-        resolved_in.append((c, st, vals))
-    resolved_t = []
-    for t in targets:
-        st = resolve_steps(t.steps, steps, f"Target('{t.group}')")
-        vals = np.asarray(t.values)
-        mask = None if t.mask is None else np.asarray(t.mask)
-        st, vals, mask = _in_time_order(st, vals, mask)
-        resolved_t.append((t, st, vals, mask))
+    resolved_in = [(c, *c.resolve(net, steps)) for c in inputs]    # (clamp, steps, units, values)
+    resolved_t = [(t, *t.resolve(net, steps)) for t in targets]    # (target, steps, units, values, mask)
     for w in range(steps // window):
         lo, hi = w * window, (w + 1) * window
 
@@ -107,16 +96,22 @@ def windows(net, steps, inputs, targets, window):
             return [k for k, s in enumerate(st) if lo < s <= hi or (w == 0 and s == 0)]
 
         ins, tgts = [], []
-        for c, st, vals in resolved_in:
+        for c, st, units, vals in resolved_in:
             k = pick(st)
             if k:
-                ins.append(Clamp(c.group, vals[k], steps=[st[i] - lo for i in k], units=c.units))
-        for t, st, vals, mask in resolved_t:
+                ins.append(Clamp(c.group, vals[k], steps=[st[i] - lo for i in k], units=units))
+        for t, st, units, vals, mask in resolved_t:
             k = pick(st)
             if k:
-                tgts.append(Target(t.group, vals[k], steps=[st[i] - lo for i in k], units=t.units, loss=t.loss,
+                tgts.append(Target(t.group, vals[k], steps=[st[i] - lo for i in k], units=units, loss=t.loss,
                                    mask=None if mask is None else mask[k]))
         yield ins, tgts
+
+
+def _last_state(run, group):
+    """The state of ``group`` at the run's last step, (batch, units): what the next window starts from."""
+    v = np.asarray(run.acts[run.emitted.layers[-1][group]])
+    return v.copy() if v.ndim == 2 else run.states(group)[-1].copy()  # (a batch-free state: broadcast)
 
 
 def train(net, data, steps, optimizer="adam", epochs=100, batch_size=32, lr=0.01, progress=True,
@@ -187,7 +182,7 @@ def train(net, data, steps, optimizer="adam", epochs=100, batch_size=32, lr=0.01
                 if out.grads is not None:
                     update(out)
                     total += out.loss
-                carried = {g: out.states(g)[-1].copy() for g in net.groups}
+                carried = {g: _last_state(out, g) for g in net.groups}
             losses.append(total / n)
         hist.loss.append(float(np.mean(losses)))
         metrics = callback(epoch, net) if callback else {}
