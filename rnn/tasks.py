@@ -91,7 +91,6 @@ class Attractor:
         rng = np.random.default_rng(seed)
         self.units, self.steps, self.k, self.flips = units, steps, k, flips
         self.patterns = rng.integers(0, 2, size=(patterns, units)).astype(float)
-        self.rng = rng
         self.n_train = n_train
 
     def net(self, seed=0):
@@ -108,11 +107,13 @@ class Attractor:
             start[i, flip] = 1.0 - start[i, flip]
         return which, start
 
-    def data(self, n, seed):
+    def data(self, n, seed, k=None):
+        """n corrupted starts (seeded) with the pattern as target over the last k steps (default self.k)."""
+        k = self.k if k is None else k
         which, start = self.corrupt(n, np.random.default_rng(seed))
-        goal = np.broadcast_to(self.patterns[which], (self.k, n, self.units))
+        goal = np.broadcast_to(self.patterns[which], (k, n, self.units))
         return SequenceData([Clamp("h", start[None], steps=[0])],
-                            [Target("h", goal, steps=("last", self.k))])
+                            [Target("h", goal, steps=("last", k))])
 
     @property
     def train(self):
@@ -124,9 +125,7 @@ class Attractor:
         Trained on the task alone from the start, the net tends to settle on the mean
         pattern or to oscillate; the warm-up gets it into the right basin."""
         from .train import train
-        warm = Attractor(self.units, len(self.patterns), self.steps, self.steps, self.flips, self.n_train)
-        warm.patterns = self.patterns
-        first = train(net, warm.data(self.n_train, seed=1), self.steps, optimizer="adam", lr=lr,
+        first = train(net, self.data(self.n_train, seed=1, k=self.steps), self.steps, optimizer="adam", lr=lr,
                       epochs=warmup_epochs, batch_size=batch_size, progress=progress, callback=callback)
         second = train(net, self.train, self.steps, optimizer="adam", lr=lr, epochs=epochs,
                        batch_size=batch_size, progress=progress, callback=callback)
