@@ -47,8 +47,7 @@ class BinaryAddition:
         return net
 
     def data(self, pairs):
-        a = pairs >> self.bits
-        b = pairs & (2 ** self.bits - 1)
+        a, b = self.operands(pairs)
         T, n = self.steps, len(pairs)
         x = np.zeros((T, n, 2))
         x[:self.bits, :, 0] = _bits(a, self.bits).T
@@ -56,6 +55,11 @@ class BinaryAddition:
         y = _bits(a + b, self.out_bits).T[:, :, None].astype(float)
         return SequenceData([Clamp("x", x, steps="all")],
                             [Target("y", y, steps=list(range(self.delay + 1, T + 1)))])
+
+    def operands(self, pairs):
+        """(a, b) of each pair (a pair is the number a * 2**bits + b)."""
+        pairs = np.asarray(pairs)
+        return pairs >> self.bits, pairs & (2 ** self.bits - 1)
 
     @property
     def train(self):
@@ -74,8 +78,7 @@ class BinaryAddition:
     def accuracy(self, net, pairs=None):
         """Fraction of pairs whose whole sum is right (default: all unseen pairs)."""
         pairs = self.test_pairs if pairs is None else pairs
-        a = pairs >> self.bits
-        b = pairs & (2 ** self.bits - 1)
+        a, b = self.operands(pairs)
         return float(np.mean(self.predict(net, pairs) == a + b))
 
 

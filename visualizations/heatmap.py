@@ -26,7 +26,7 @@ def main(argv=None):
     if args.epochs:
         rnn.train(net, task.train, task.steps, epochs=args.epochs, lr=0.05, progress=False)
     pair = task.train_pairs[args.example]
-    a, b = int(pair >> args.bits), int(pair & (2 ** args.bits - 1))
+    a, b = (int(x) for x in task.operands(pair))
     data = task.data(task.train_pairs[args.example:args.example + 1])
     inspection = rnn.inspect(net, task.steps, data.inputs, data.targets)
     trained = f"net trained for {args.epochs} epochs" if args.epochs else "untrained net"

@@ -25,7 +25,7 @@ def main(argv=None):
     task = rnn.tasks.BinaryAddition(bits=args.bits, n_train=min(1000, 2 ** (2 * args.bits) // 2))
     net = task.net(seed=args.seed)
     pair = task.train_pairs[args.example]
-    a, b = int(pair >> args.bits), int(pair & (2 ** args.bits - 1))
+    a, b = (int(x) for x in task.operands(pair))
     data = task.data(task.train_pairs[args.example:args.example + 1])
     note = f"Binary addition {a} + {b} = {a + b} (untrained net)."
     out = Path(args.out)
