@@ -824,25 +824,16 @@ def _new_digraph(name, title, caption=None, ranksep="0.45"):
     return dg
 
 
-def _draw(dg, obj, acts, grads, check, units, max_steps, show_ends, max_units, max_edges, prefix="",
-          legend=True):
-    """Draw ``obj`` into ``dg`` (a Digraph or a cluster of one); returns (net, Emitted or None)."""
-    net, em = _resolve(obj, acts, grads)
-    colours = tie_colours(net)
-    chk = None if check is None else _Check(check, net, em)
+def _draw(dg, net, em, colours, chk, acts, grads, units, max_steps, show_ends, max_units, max_edges):
+    """Draw the folded net (``em`` None) or the emitted unrolled graph ``em`` into ``dg`` (a Digraph
+    or a cluster of one); the callers resolve the object, the colours and the check once."""
     if em is None:
-        _draw_folded(dg, net, colours, chk, units, prefix or "f_", max_units, max_edges)
-        if legend:
-            dg.node(f"{prefix}legend", **_legend(net, colours, check=chk, units=units))
-        return net, None
+        _draw_folded(dg, net, colours, chk, units, "f_", max_units, max_edges)
+        return
     if acts is None and grads is not None:
         acts = grads.acts
-    u = _Unrolled(net, em, colours, acts, grads, chk, units, _Steps(em.T, max_steps, show_ends), max_units,
-                  max_edges)
-    u.draw(dg)
-    if legend:
-        dg.node(f"{prefix}legend", **_legend(net, colours, em, grads, chk, units))
-    return net, em
+    _Unrolled(net, em, colours, acts, grads, chk, units, _Steps(em.T, max_steps, show_ends), max_units,
+              max_edges).draw(dg)
 
 
 def render(net_or_unrolled, acts=None, grads=None, *, units=False, check=None, max_steps=12, show_ends=3,
@@ -898,19 +889,23 @@ def render(net_or_unrolled, acts=None, grads=None, *, units=False, check=None, m
             if grads is not None and em.loss is not None and em.loss in run_acts:
                 title += f"   (E = {float(run_acts[em.loss]):.4g})"
     dg = _new_digraph(net.name, title, ranksep="1.2" if units else "0.45")
-    _draw(dg, net_or_unrolled, acts, grads, check, units, max_steps, show_ends, max_units, max_edges)
+    colours = tie_colours(net)
+    chk = None if check is None else _Check(check, net, em)
+    _draw(dg, net, em, colours, chk, acts, grads, units, max_steps, show_ends, max_units, max_edges)
+    dg.node("legend", **(_legend(net, colours, check=chk, units=units) if em is None else
+                         _legend(net, colours, em, grads, chk, units)))
     return dg
 
 
-def render_side_by_side(net, steps=None, *, title=None, **kw):
+def render_side_by_side(net, steps=None, *, title=None, acts=None, grads=None, check=None, units=False,
+                        max_steps=12, show_ends=3, max_units=MAX_UNITS, max_edges=MAX_EDGES):
     """The recurrent net and the same net unrolled for ``steps`` steps in one picture:
     two clusters ("recurrent net" and "unrolled for T steps"), one shared legend and a
     caption stating the equivalence.  A weight has the same colour on its folded edge
     and on every unrolled copy.
 
     ``net`` may also be an Unrolled or a RunResult (then ``steps`` is its T).  The
-    other keywords (acts, grads, check, units, max_steps, show_ends, max_units,
-    max_edges) are those of ``render``; units applies to both sides.
+    other keywords are those of ``render``; units applies to both sides.
 
     Raises
     ------
@@ -921,25 +916,17 @@ def render_side_by_side(net, steps=None, *, title=None, **kw):
     if isinstance(net, RecurrentNet):
         if steps is None:
             raise RenderError(f"{where}: pass steps=T, the number of steps to unroll net '{net.name}' for")
-        unrolled, rnet = net.unroll(_int_param(steps, "steps", 1, where)), net
-    elif isinstance(net, (Unrolled, RunResult)):
-        unrolled = net
-        rnet = net.net if isinstance(net, Unrolled) else net.unrolled.net
-        T = net.T if isinstance(net, Unrolled) else net.emitted.T
-        if steps is not None and steps != T:
-            raise RenderError(f"{where}: steps={steps!r} but the unrolled net has T={T}")
-    else:
+        net = net.unroll(_int_param(steps, "steps", 1, where))
+    elif not isinstance(net, (Unrolled, RunResult)):
         raise RenderError(f"{where}: expected a RecurrentNet (with steps=T), an Unrolled or a RunResult, "
                           f"got {type(net).__name__}")
-    known = {"acts", "grads", "check", "units", "max_steps", "show_ends", "max_units", "max_edges"}
-    if set(kw) - known:
-        raise TypeError(f"{where}: unexpected keyword arguments {sorted(set(kw) - known)}")
-    acts, grads, check = kw.get("acts"), kw.get("grads"), kw.get("check")
-    units = kw.get("units", False)
-    max_steps = _int_param(kw.get("max_steps", 12), "max_steps", 1, where)
-    show_ends = _int_param(kw.get("show_ends", 3), "show_ends", 1, where)
-    max_units, max_edges = kw.get("max_units", MAX_UNITS), kw.get("max_edges", MAX_EDGES)
-    _, em = _resolve(unrolled, acts, grads)
+    rnet, em = _resolve(net, acts, grads)
+    if steps is not None and steps != em.T:
+        raise RenderError(f"{where}: steps={steps!r} but the unrolled net has T={em.T}")
+    max_steps = _int_param(max_steps, "max_steps", 1, where)
+    show_ends = _int_param(show_ends, "show_ends", 1, where)
+    colours = tie_colours(rnet)
+    chk = None if check is None else _Check(check, rnet, em)
     if title is None:
         title = f"'{rnet.name}': the recurrent net and the same net unrolled for {em.T} steps"
     dg = _new_digraph(rnet.name, title, CAPTION, ranksep="1.2" if units else "0.45")
@@ -947,14 +934,11 @@ def render_side_by_side(net, steps=None, *, title=None, **kw):
         left.attr(label="<<B>recurrent net</B>>", style="rounded", color="#888888", fontsize="13",
                   labelloc="b",  # with rankdir=BT dot flips labelloc: "b" is the top
                   tooltip=_tip("the recurrent net: groups and their (delayed) connections"))
-        _draw(left, rnet, None, None, check, units, max_steps, show_ends, max_units, max_edges, prefix="f_",
-              legend=False)
+        _draw(left, rnet, None, colours, chk, None, None, units, max_steps, show_ends, max_units, max_edges)
     with dg.subgraph(name="cluster_unrolled") as right:
         right.attr(label=f"<<B>unrolled for {em.T} steps</B>>", style="rounded", color="#888888", fontsize="13",
                    labelloc="b",
                    tooltip=_tip(f"the same net unrolled for {em.T} steps: layer t holds the states at step t"))
-        _draw(right, unrolled, acts, grads, check, units, max_steps, show_ends, max_units, max_edges,
-              legend=False)
-    chk = None if check is None else _Check(check, rnet, em)
-    dg.node("legend", **_legend(rnet, tie_colours(rnet), em, grads, chk, units, folded_too=True))
+        _draw(right, rnet, em, colours, chk, acts, grads, units, max_steps, show_ends, max_units, max_edges)
+    dg.node("legend", **_legend(rnet, colours, em, grads, chk, units, folded_too=True))
     return dg
