@@ -227,9 +227,6 @@ class RecurrentNet:
             raise NetError(f"net '{self.name}': the delay-0 connections form a cycle {path}; a unit cannot "
                            f"depend on itself within one time step: give one of them delay=1") from None
 
-    def weight_shape(self, name):
-        return self.weights[name].shape
-
     def __repr__(self):
         return (f"<RecurrentNet '{self.name}': groups {[(g.name, g.size) for g in self.groups.values()]}, "
                 f"connections {[(c.name, c.delay) for c in self.connections.values()]}>")

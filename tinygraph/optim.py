@@ -30,7 +30,7 @@ class Optimizer:
             params = list(params)
         except TypeError:
             raise NodeTypeError(f"{name}: params must be a list of param nodes, got {type(params).__name__}") from None
-        for what, v, low in (("lr", lr, None), ("weight_decay", weight_decay, 0.0)):
+        for what, v in (("lr", lr), ("weight_decay", weight_decay)):
             if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v):
                 raise GraphError(f"{name}: {what} must be a finite number, got {v!r}")
         if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.number))):
@@ -38,18 +38,18 @@ class Optimizer:
         if weight_decay < 0:
             raise GraphError(f"{name}: weight_decay must be >= 0, got {weight_decay}")
         if not params:
-            raise GraphError(f"{type(self).__name__}: no parameters to optimize")
+            raise GraphError(f"{name}: no parameters to optimize")
         for p in params:
             if not isinstance(p, Node) or p.op != "param":
                 what = p.name if isinstance(p, Node) else type(p).__name__
-                raise NodeTypeError(f"{type(self).__name__}: '{what}' is not a param node")
+                raise NodeTypeError(f"{name}: '{what}' is not a param node")
         graphs = {id(p.graph): p.graph for p in params}
         if len(graphs) != 1:
-            raise GraphError(f"{type(self).__name__}: params come from {len(graphs)} graphs; use one optimizer per graph")
+            raise GraphError(f"{name}: params come from {len(graphs)} graphs; use one optimizer per graph")
         if not lr > 0:
-            raise GraphError(f"{type(self).__name__}: lr must be > 0, got {lr}")
+            raise GraphError(f"{name}: lr must be > 0, got {lr}")
         if clip_norm is not None and not clip_norm > 0:
-            raise GraphError(f"{type(self).__name__}: clip_norm must be > 0 or None, got {clip_norm}")
+            raise GraphError(f"{name}: clip_norm must be > 0 or None, got {clip_norm}")
         self.params = params
         self.graph = params[0].graph
         self.lr = float(lr)
@@ -166,9 +166,8 @@ class Adam(Optimizer):
 
     def _delta(self, st, g):
         b1, b2 = self.betas
-        m = st.get("m")
-        if m is None:
-            m = st["m"] = np.zeros_like(g)
+        if "m" not in st:
+            st["m"] = np.zeros_like(g)
             st["v"] = np.zeros_like(g)
             st["t"] = 0
         st["t"] += 1
