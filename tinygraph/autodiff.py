@@ -6,13 +6,17 @@ The backward pass walks the same plan in reverse, accumulating dE/d(node) for
 every node the loss depends on (parameters, inputs and intermediates alike).
 """
 
+from functools import partial
+
 import numpy as np
 
 from . import ops as _ops
 from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, SlopeRow, lift, stack_rows
+from .plan import (BATCH, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
+                   stack_rows)
+from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
 
 BATCH_ACROSS = True  # batch identical independent nodes (see plan.py); False runs node by node
@@ -126,7 +130,7 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
     else:
         fed = _resolve_feeds(graph, plan, feeds)
     values = [None] * plan.size
-    bstore = {}
+    bstore = {ROWS: RowIndex()}  # batches' stacked results, slope groups' row buffers (plan.RowOut)
     nodes = graph.nodes
     for index, node in plan.sources:
         values[index] = node.value
@@ -170,6 +174,8 @@ def _run_steps(steps, values, bstore, presums, nodes, check_finite):
                     for j in live[1:]:
                         total = total + values[j]
                     values[index] = total
+            elif type(fwd) is RowOut:
+                values[index] = fwd.run(values[in_idx[0]], bstore)
             elif len(in_idx) == 1:  # the common arities without building an argument list
                 values[index] = fwd(values[in_idx[0]])
             elif len(in_idx) == 2:
@@ -201,8 +207,10 @@ def _forward_fragment(frag, values, bstore, presums):
             P.append(pre)
         else:
             P.append(None)
+    R = tuple(None if grp is None else (bstore.get(grp, (None, None, None)), partial(grp.value_rows, bstore=bstore))
+              for grp in frag.groups)
     try:
-        frag.forward(values, frag.rows, frag.F, P)
+        frag.forward(values, frag.rows, frag.F, P, R, np.ndarray)
     except (ValueError, IndexError):
         return False
     return True
@@ -246,9 +254,12 @@ def _batch_args(b, values, bstore):
                 return None
             stacked = True
         else:
-            a = stack_rows([values[j] for j in ref])
+            vals = [values[j] for j in ref]
+            a = stacked_view(vals, bstore.get(ROWS))  # (no copy when they are rows of one buffer)
             if a is None:
-                return None
+                a = stack_rows(vals)
+                if a is None:
+                    return None
             stacked = True
         args.append(lift(a, b.rank, stacked) if lifted else a)
     return args
@@ -364,9 +375,10 @@ def backward_pass(acts, loss, seed, check_finite=False):
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
     outer = {}  # id(tie group) -> ([a], [g]): deferred shares a.T @ g of tied matmul weights
-    slopes = {}  # slope group -> its members' slopes, computed at the first member reached
+    slopes = {}  # slope group -> (its members' slopes, rows for their products g * slope), see _slopes
+    rows = RowIndex(bstore.get(ROWS))  # this sweep's row buffers (and the forward run's)
     transposed = {}  # id(shared weight array) -> its transpose, contiguous (one per sweep)
-    dot = np.dot
+    dot, multiply, ndarray = np.dot, np.multiply, np.ndarray
 
     # Buffers this sweep created itself (sums of two contributions) may take further
     # contributions in place; any other gradient array may be shared and is never written.
@@ -408,13 +420,13 @@ def backward_pass(acts, loss, seed, check_finite=False):
 
     for step in reversed(plan.steps if check_finite else plan.fast_steps):
         if step[0] == FRAGMENT:
-            _backward_fragment(step[1], values, grads, owned, slopes, outer, transposed, accumulate, bstore)
+            _backward_fragment(step[1], values, grads, owned, slopes, outer, transposed, accumulate, bstore, rows)
             continue
         if step[0] == BATCH:
             b = step[1]
             if b.id in bstore:
                 _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied,
-                                check_finite, seed_batch)
+                                check_finite, seed_batch, rows)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -433,7 +445,12 @@ def backward_pass(acts, loss, seed, check_finite=False):
             elif vjp is SOURCE_VIA_BATCH:
                 continue  # the batch of this add_n's member adds it for all steps at once
             elif type(vjp) is SlopeRow:
-                gi = g * _slopes(vjp.group, values, bstore, slopes)[vjp.k]
+                S, GR, shape, dtype = _slopes(vjp.group, values, bstore, slopes, rows)
+                if type(g) is ndarray and g.shape == shape and g.dtype == dtype:
+                    gi = GR[vjp.k]
+                    multiply(g, S[vjp.k], out=gi)
+                else:
+                    gi = g * S[vjp.k]
             elif vjp is TIED_MATMUL_A:
                 w = values[in_idx[1]]
                 wT = transposed.get(id(w))
@@ -458,7 +475,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     for tid, (As, Gs) in outer.items():
         if not As:  # a fragment prepared the lists, but no gradient reached these copies
             continue
-        total = _sum_outer(As, Gs)
+        total = _sum_outer(As, Gs, rows)
         cur = tsum.get(tid)
         tsum[tid] = total if cur is None else cur + total
     if wide:
@@ -469,40 +486,84 @@ def backward_pass(acts, loss, seed, check_finite=False):
     return grads, tsum, lazy, finals
 
 
-def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, accumulate, bstore):
+def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, accumulate, bstore, rows):
     """A repeated fragment's generated backward loop, given what its markers need."""
     S, O = [], []
     for _, _, _, _, vjps in frag.proto:
-        S.append(tuple(_slopes(v.group, values, bstore, slopes) if type(v) is SlopeRow else None
+        S.append(tuple(_slopes(v.group, values, bstore, slopes, rows) if type(v) is SlopeRow else _NO_SLOPES
                        for _, v, _ in vjps))
         O.append(tuple(outer.setdefault(id(t), ([], [])) if v is TIED_OUTER else (None, None)
                        for _, v, t in vjps))
     frag.backward(values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
-                  np.dot, np.ascontiguousarray)
+                  np.dot, np.ascontiguousarray, np.multiply, np.ndarray)
 
 
-def _slopes(group, values, bstore, slopes):
+_NO_SLOPES = (None, None, False, None)
+
+
+def _slopes(group, values, bstore, slopes, rows):
+    """(slopes, product rows, shape, dtype) of a slope group, computed once per sweep: a
+    member's product g * slope goes into its row of one buffer when g has the slopes'
+    shape and dtype (so the products, which tied weights and batches read stacked, are
+    one array); product rows are None when the slopes are not one float array."""
     sl = slopes.get(group)
     if sl is None:
-        sl = slopes[group] = group.compute(values, bstore)
+        S = group.compute(values, bstore)
+        if type(S) is np.ndarray and S.ndim >= 2 and S.dtype.kind == "f":
+            sl = (S, rows.new(len(S), S.shape[1:], S.dtype), S.shape[1:], S.dtype)
+        else:
+            sl = (S, None, False, None)
+        slopes[group] = sl
     return sl
 
 
 OUTER_CHUNK = 1 << 18  # elements of the stacked operands per product: bounds _sum_outer's extra memory
 
 
-def _sum_outer(As, Gs):
-    """sum_k As[k].T @ Gs[k] as a few large matrix products over row-stacked chunks
-    (one BLAS call instead of one per time step; the order of the sum differs, by rounding only)."""
+def _sum_outer(As, Gs, rows=None):
+    """sum_k As[k].T @ Gs[k] as a few large matrix products (one BLAS call instead of one
+    per time step; the order of the sum differs, by rounding only).  Where both are
+    consecutive rows of row buffers the product reads them in place; the rest is stacked
+    in chunks, which bounds the extra memory."""
+    As, Gs = As[::-1], Gs[::-1]  # backward collected them last step first
+    cuts = {0, len(As)}
+    if rows is not None:
+        viewed = [dict(((lo, hi), v) for lo, hi, v in runs(x, rows) if v is not None) for x in (As, Gs)]
+        for spans in viewed:
+            for lo, hi in spans:
+                cuts.update((lo, hi))
+    else:
+        viewed = ({}, {})
+    cuts = sorted(cuts)
     total = None
-    n = len(As)
     per = max(1, OUTER_CHUNK // max(1, As[0].size + Gs[0].size))
-    for lo in range(n - 1, -1, -per):  # backward collected them last step first
-        a = As[max(0, lo - per + 1):lo + 1]
-        g = Gs[max(0, lo - per + 1):lo + 1]
-        part = (a[0].T @ g[0]) if len(a) == 1 else np.concatenate(a).T @ np.concatenate(g)
-        total = part if total is None else total + part
+    for lo, hi in zip(cuts, cuts[1:]):
+        va, vg = _rows_of(As, lo, hi, viewed[0]), _rows_of(Gs, lo, hi, viewed[1])
+        step = hi - lo if va is not None and vg is not None else per  # what is copied goes in chunks
+        for c in range(lo, hi, step):
+            e = min(hi, c + step)
+            a = va[c - lo:e - lo] if va is not None else As[c] if e - c == 1 else np.concatenate(As[c:e])
+            g = vg[c - lo:e - lo] if vg is not None else Gs[c] if e - c == 1 else np.concatenate(Gs[c:e])
+            part = _flat_outer(a, g)
+            total = part if total is None else total + part
     return total
+
+
+def _rows_of(arrs, lo, hi, spans):
+    """arrs[lo:hi] as a view of a row buffer when a registered run covers them, else None."""
+    for (s, e), v in spans.items():
+        if s <= lo and hi <= e:
+            return v[lo - s:hi - s]
+    return None
+
+
+def _flat_outer(a, g):
+    """a.T @ g for 2-D operands, or for stacks of them (members first) as one product."""
+    if a.ndim == 3:
+        a = a.reshape(-1, a.shape[-1])
+    if g.ndim == 3:
+        g = g.reshape(-1, g.shape[-1])
+    return a.T @ g
 
 
 def _nonfinite_grad(node):
@@ -525,7 +586,7 @@ def _backward_single(node, values, grads, accumulate, check_finite):
 
 
 def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied, check_finite=False,
-                    seed_batch=None):
+                    seed_batch=None, rows=None):
     """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
     (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
     source nodes fed stacked, unless something else also contributes to them."""
@@ -540,7 +601,9 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
     if G is None and not some:
         return
     if G is None:
-        G = stack_rows([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(members, per)])
+        G = stacked_view(per, rows)  # (no copy when they are rows of one buffer)
+        if G is None:
+            G = stack_rows([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(members, per)])
     elif some:
         G = np.array(G, copy=True)
         for k, p in enumerate(per):

@@ -11,7 +11,7 @@ generic loops (which name the node at fault).
 """
 
 from . import ops as _ops
-from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, SlopeRow
+from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, RowOut, SlopeRow
 
 FRAGMENT = 3
 MAX_PERIOD = 6
@@ -41,7 +41,12 @@ def _signature(step):
     if step[0] == BATCH:
         return None
     kind, _, fwd, in_idx, vjps = step
-    head = ("presum", id(fwd[0]), len(fwd[2])) if kind == PRESUM else ("single", id(fwd))
+    if kind == PRESUM:
+        head = ("presum", id(fwd[0]), len(fwd[2]))
+    elif type(fwd) is RowOut:
+        head = ("rowout", id(fwd.ufunc), id(fwd.group))
+    else:
+        head = ("single", id(fwd))
     entries = tuple(_entry_kind(v, t) for _, v, t in vjps)
     if None in entries:
         return None
@@ -79,7 +84,7 @@ def find_fragments(steps):
 class Fragment:
     """``steps`` (whole repetitions of a ``period``), their index rows and generated loops."""
 
-    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G")
+    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G", "groups")
 
     def __init__(self, steps, period):
         self.steps = steps
@@ -103,7 +108,10 @@ class Fragment:
             _CODE[key] = _generate(self.proto)
         self.forward, self.backward = _CODE[key]
         # the callables the generated code calls: forward functions and VJPs, per statement
-        self.F = tuple(None if kind == PRESUM else fwd for kind, _, fwd, _, _ in self.proto)
+        self.F = tuple(None if kind == PRESUM else fwd.ufunc if type(fwd) is RowOut else fwd
+                       for kind, _, fwd, _, _ in self.proto)
+        # slope groups whose members' outputs go into the run's row buffer (plan.RowOut)
+        self.groups = tuple(fwd.group if type(fwd) is RowOut else None for _, _, fwd, _, _ in self.proto)
         self.G = tuple(tuple(v for _, v, _ in vjps) for *_, vjps in self.proto)
 
 
@@ -152,10 +160,12 @@ def _untied_accumulate(j, pad):
 def _generate(proto):
     names = _names(proto)
     row = _row_vars(names)
-    fw = ["def forward(v, rows, F, P):"]
+    fw = ["def forward(v, rows, F, P, R, ND):"]
     for m in range(len(proto)):
         fw.append(f"    F{m} = F[{m}]")
         fw.append(f"    P{m} = P[{m}]")
+        if type(proto[m][2]) is RowOut:
+            fw.append(f"    (RR{m}, RS{m}, RD{m}), START{m} = R[{m}]")
     fw.append(f"    for {row} in rows:")
     for m, (kind, _, fwd, in_idx, _) in enumerate(proto):
         d = names[m]
@@ -164,14 +174,24 @@ def _generate(proto):
             for lq in d["l"][1:]:
                 fw.append(f"        t = t + v[{lq}]")
             fw.append(f"        v[{d['o']}] = t")
+        elif type(fwd) is RowOut:  # into row k of the group's buffer when the input fits
+            fw += [f"        x = v[{d['i'][0]}]",
+                   f"        if RS{m} is None:",
+                   f"            RR{m}, RS{m}, RD{m} = START{m}(x)",
+                   f"        if type(x) is ND and x.shape == RS{m} and x.dtype == RD{m}:",
+                   f"            r = RR{m}[{d['k'][0]}]",
+                   f"            F{m}(x, out=r)",
+                   f"            v[{d['o']}] = r",
+                   "        else:",
+                   f"            v[{d['o']}] = F{m}(x)"]
         else:
             args = ", ".join(f"v[{x}]" for x in d["i"])
             fw.append(f"        v[{d['o']}] = F{m}({args})")
-    bw = ["def backward(v, grads, owned, rows, G, S, O, TR, ACC, UB, DOT, ASC):"]
+    bw = ["def backward(v, grads, owned, rows, G, S, O, TR, ACC, UB, DOT, ASC, MUL, ND):"]
     for m, (_, _, _, _, vjps) in enumerate(proto):
         for p in range(len(vjps)):
             bw.append(f"    G{m}_{p} = G[{m}][{p}]")
-            bw.append(f"    S{m}_{p} = S[{m}][{p}]")
+            bw.append(f"    S{m}_{p}, GR{m}_{p}, SS{m}_{p}, SD{m}_{p} = S[{m}][{p}]")
             bw.append(f"    OA{m}_{p}, OG{m}_{p} = O[{m}][{p}]")
     bw.append(f"    for {row} in reversed(rows):")
     for m in range(len(proto) - 1, -1, -1):
@@ -211,8 +231,13 @@ def _generate(proto):
             if ek == "pass":
                 bw.append(f"{pad}gi = g")
                 bw += _untied_accumulate(j, pad)
-            elif ek == "slope":
-                bw.append(f"{pad}gi = g * S{m}_{p}[{d['k'][p]}]")
+            elif ek == "slope":  # into the product's row of one buffer when g fits (autodiff._slopes)
+                k = d['k'][p]
+                bw += [f"{pad}if type(g) is ND and g.shape == SS{m}_{p} and g.dtype == SD{m}_{p}:",
+                       f"{pad}    gi = GR{m}_{p}[{k}]",
+                       f"{pad}    MUL(g, S{m}_{p}[{k}], out=gi)",
+                       f"{pad}else:",
+                       f"{pad}    gi = g * S{m}_{p}[{k}]"]
                 bw += _untied_accumulate(j, pad)
             else:
                 args = ", ".join(f"v[{x}]" for x in d["i"])

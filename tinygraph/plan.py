@@ -22,10 +22,13 @@ import numpy as np
 
 from . import ops as _ops
 from .errors import GraphError
+from .rowbuffers import stacked_view
 
 SINGLE, BATCH, PRESUM = 0, 1, 2
 MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
+ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
+NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its run has no buffer
 
 
 class Marker:
@@ -441,6 +444,8 @@ def _with_slope_groups(steps, nodes, batches):
         group = SlopeGroup(members, _ops.REGISTRY[opname].slope, stacks.get(tuple(members)))
         for row, k in enumerate(ks):
             kind, index, fwd, in_idx, ((j, _, t),) = steps[k]
+            if isinstance(fwd, np.ufunc):  # its output can go straight into the group's buffer
+                fwd = RowOut(fwd, group, row)
             steps[k] = (kind, index, fwd, in_idx, ((j, SlopeRow(group, row), t),))
     return steps
 
@@ -480,17 +485,31 @@ class SlopeGroup:
         self.slope = slope
         self.stacked_as = stacked_as  # (batch id, operand position) that stacks exactly these members
 
+    def value_rows(self, x, bstore):
+        """This run's buffer for the members' outputs (see RowOut): ``(rows, shape, dtype)``,
+        allocated when the first member is computed, from its input; NO_ROWS when that
+        input is not a float array with at least one axis."""
+        got = bstore.get(self)
+        if got is None:
+            if type(x) is np.ndarray and x.ndim >= 1 and x.dtype.kind == "f" and ROWS in bstore:
+                got = (bstore[ROWS].new(len(self.members), x.shape, x.dtype), x.shape, x.dtype)
+            else:
+                got = NO_ROWS
+            bstore[self] = got
+        return got
+
     def compute(self, values, bstore=None):
         """Every member's slope: rows of one array (or one array each if runtime shapes or
         dtypes differ).  Computed a chunk of members at a time, so the temporaries stay small;
-        when a batch already stacked the members' values in forward, that stack is read."""
+        the members' values are read as one array when they are rows of the run's buffer
+        or a batch stacked them in forward."""
         outs = [values[m] for m in self.members]
         first = outs[0]
         if not all(o.shape == first.shape and o.dtype == first.dtype for o in outs):
             return [self.slope(o) for o in outs]
         n = len(outs)
-        stacked = None
-        if self.stacked_as is not None and bstore and self.stacked_as[0] in bstore:
+        stacked = stacked_view(outs, bstore.get(ROWS)) if bstore else None
+        if stacked is None and self.stacked_as is not None and bstore and self.stacked_as[0] in bstore:
             arr = bstore[self.stacked_as[0]][1][self.stacked_as[1]]
             if arr.dtype == first.dtype and arr.size == n * first.size:
                 stacked = arr.reshape((n,) + first.shape)
@@ -502,6 +521,25 @@ class SlopeGroup:
                 slopes = np.empty((len(outs),) + part.shape[1:], part.dtype)
             slopes[lo:lo + per] = part
         return slopes
+
+
+class RowOut:
+    """The forward of a slope-group member whose op is a numpy ufunc (tanh, exp): it writes
+    the output into row k of the group's buffer for this run (SlopeGroup.value_rows) when
+    the input has the buffer's shape and dtype, so the chain's values are one array."""
+
+    __slots__ = ("ufunc", "group", "k")
+
+    def __init__(self, ufunc, group, k):
+        self.ufunc, self.group, self.k = ufunc, group, k
+
+    def run(self, x, bstore):
+        rows, shape, dtype = self.group.value_rows(x, bstore)
+        if type(x) is np.ndarray and x.shape == shape and x.dtype == dtype:
+            out = rows[self.k]
+            self.ufunc(x, out=out)
+            return out
+        return self.ufunc(x)
 
 
 class SlopeRow:
