@@ -6,7 +6,9 @@ The backward pass walks the same plan in reverse, accumulating dE/d(node) for
 every node the loss depends on (parameters, inputs and intermediates alike).
 """
 
+from collections import deque
 from functools import partial
+from itertools import product
 
 import numpy as np
 
@@ -14,7 +16,7 @@ from . import ops as _ops
 from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import (BATCH, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
+from .plan import (BATCH, BATCH_SUM, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
                    stack_rows)
 from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
@@ -164,7 +166,11 @@ def _run_steps(steps, values, bstore, presums, nodes, check_finite):
             continue
         kind, index, fwd, in_idx, _ = step
         try:
-            if kind == PRESUM:
+            if kind == BATCH_SUM:
+                got = bstore.get(fwd.id)
+                values[index] = (_ops._add_n(*[values[j] for j in in_idx]) if got is None
+                                 else np.add.reduce(got[0], axis=0))
+            elif kind == PRESUM:
                 group, row, live = fwd
                 pre = _presum(group, values, bstore, presums)
                 if pre is None:  # no precomputed sums this run: the plain add_n
@@ -275,12 +281,10 @@ def _forward_batch(b, values, bstore):
     except (ValueError, IndexError):
         return False  # run member by member, which names the node that fails
     bstore[b.id] = (out, args)
-    if out.ndim > 1:
-        for m, row in zip(b.members, out):  # rows are views: every member keeps its own value
-            values[m] = row
-    else:
-        for k, m in enumerate(b.members):
-            values[m] = out[k, ...]  # a 0-d view, not a copied scalar
+    if out.ndim > 1:  # rows are views: every member keeps its own value
+        deque(map(values.__setitem__, b.members, out), 0)
+    else:  # 0-d views out[k, ...], not copied scalars
+        deque(map(values.__setitem__, b.members, map(out.__getitem__, product(range(len(out)), (Ellipsis,)))), 0)
     return True
 
 
@@ -432,9 +436,18 @@ def backward_pass(acts, loss, seed, check_finite=False):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
                 _source_grads_one_by_one(b, grads, accumulate)
             continue
-        _, index, _, in_idx, vjps = step
+        kind, index, fwd, in_idx, vjps = step
         g = grads[index]
         if g is None:
+            continue
+        if kind == BATCH_SUM and fwd.id in bstore:  # into the batch's stacked gradient: g for every member
+            if check_finite and _not_finite(g):
+                _nonfinite_grad(nodes[index])
+            out = bstore[fwd.id][0]
+            G = np.empty(out.shape, np.result_type(g))
+            G[...] = g
+            prev = bgrads.get(fwd.id)
+            bgrads[fwd.id] = G if prev is None else prev + G
             continue
         if check_finite and _not_finite(g):
             _nonfinite_grad(nodes[index])

@@ -11,7 +11,7 @@ generic loops (which name the node at fault).
 """
 
 from . import ops as _ops
-from .plan import BATCH, PRESUM, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, RowOut, SlopeRow
+from .plan import PRESUM, SINGLE, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, RowOut, SlopeRow
 
 FRAGMENT = 3
 MAX_PERIOD = 6
@@ -38,7 +38,7 @@ def _entry_kind(vjp, tie):
 
 
 def _signature(step):
-    if step[0] == BATCH:
+    if step[0] not in (SINGLE, PRESUM):
         return None
     kind, _, fwd, in_idx, vjps = step
     if kind == PRESUM:

@@ -24,7 +24,7 @@ from . import ops as _ops
 from .errors import GraphError
 from .rowbuffers import stacked_view
 
-SINGLE, BATCH, PRESUM = 0, 1, 2
+SINGLE, BATCH, PRESUM, BATCH_SUM = 0, 1, 2, 4
 MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
@@ -217,7 +217,9 @@ def schedule(graph, order, batches):
 
 
 class Plan:
-    """The steps one run executes: ``(SINGLE, index, op, input indices, attrs)`` or ``(BATCH, batch)``."""
+    """The steps one run executes: ``(BATCH, batch)``, or ``(kind, index, forward, input indices,
+    VJP entries)`` for one node: SINGLE, PRESUM (see PreSum) or BATCH_SUM (an add_n of a
+    whole batch; its forward slot holds the batch)."""
 
     def __init__(self, graph, needed, batch=True):
         self.graph = graph
@@ -248,8 +250,22 @@ class Plan:
         # another batch (from single nodes, or as a partial "stack"/"shared" operand) must
         # gather those per-member contributions in backward
         member_of = self.member_of
+        uses = {}
         for n in self.order:
-            if n.index in member_of:
+            for i in n.inputs:
+                uses[i.index] = uses.get(i.index, 0) + 1
+        # add_n nodes that sum exactly the members of one batch, which feed nothing else (the
+        # loss of every time step): one reduction of the batch's stacked output, and in
+        # backward one broadcast into the batch's stacked gradient
+        by_members = {tuple(b.members): b for b in batches}
+        self.batch_sums = {}
+        for n in self.order:
+            if n.op == "add_n" and n.index not in member_of:
+                b = by_members.get(tuple(i.index for i in n.inputs))
+                if b is not None and all(uses[m] == 1 for m in b.members):
+                    self.batch_sums[n.index] = b
+        for n in self.order:
+            if n.index in member_of or n.index in self.batch_sums:
                 continue
             for i in n.inputs:
                 mb = member_of.get(i.index)
@@ -297,11 +313,10 @@ class Plan:
                     # weight's share a.T @ g deferred, so that all copies' shares become one matrix
                     # product at the end of the sweep (as hand-written BPTT does)
                     vjps = ((ja, TIED_MATMUL_A, None) if tie_a is None else vjps[0], (jb, TIED_OUTER, tie_b))
+            if ref in self.batch_sums:
+                steps.append((BATCH_SUM, ref, self.batch_sums[ref], in_idx, vjps))
+                continue
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
-        uses = {}
-        for n in self.order:
-            for i in n.inputs:
-                uses[i.index] = uses.get(i.index, 0) + 1
         # fed inputs that one batch operand alone consumes: their gradients are rows of that
         # operand's deferred gradient, found through here (no per-input bookkeeping per run)
         self.fed_rows = {}

@@ -18,29 +18,33 @@ _is = operator.is_
 
 
 class RowIndex:
-    """The row buffers of one run: id(row view) -> (buffer, rows, k).  A backward sweep
-    has its own index whose ``parent`` is the forward run's (it sees both)."""
+    """The row buffers of one run, each with ``{id(row view): k}``.  A backward sweep has
+    its own index whose ``parent`` is the forward run's (it sees both)."""
 
-    __slots__ = ("_where", "parent")
+    __slots__ = ("_buffers", "parent")
 
     def __init__(self, parent=None):
-        self._where = {}
+        self._buffers = []
         self.parent = parent
 
     def new(self, n, shape, dtype):
         """A buffer of n rows of ``shape``; returns its rows (views), registered here."""
-        buf = np.empty((n,) + tuple(shape), dtype)
+        return self.adopt(np.empty((n,) + tuple(shape), dtype))
+
+    def adopt(self, buf):
+        """Register the rows of an existing array (e.g. inputs fed stacked); returns them."""
         rows = list(buf)
-        where = self._where
-        for k, r in enumerate(rows):
-            where[id(r)] = (buf, rows, k)
+        self._buffers.append((buf, rows, dict(zip(map(id, rows), range(len(rows))))))
         return rows
 
     def find(self, a):
-        hit = self._where.get(id(a))
-        if hit is None and self.parent is not None:
-            return self.parent._where.get(id(a))
-        return hit
+        """(buffer, rows, k) when ``a`` is row k of a registered buffer, else None."""
+        i = id(a)
+        for buf, rows, where in self._buffers:
+            k = where.get(i)
+            if k is not None:
+                return buf, rows, k
+        return None if self.parent is None else self.parent.find(a)
 
 
 def runs(arrs, index):
