@@ -37,6 +37,7 @@ class Emitted:
         self.copy_steps = {name: [] for name in net.weights}
         self.feeds = []  # (input node, "clamp"|"target"|"mask", record index, position in its steps)
         self.feed_at = {}  # input node index -> (group, step, units or None for all): what it feeds
+        self._records = None  # self.feeds grouped by record (see feed_dict)
         self.cut = None if truncate is None else T - truncate
         order = net.group_order()
 
@@ -162,17 +163,30 @@ class Emitted:
         self.feed_at[node.index] = (group, t, None if units is None else [int(u) for u in units])
 
     def feed_dict(self, clamps, targets, batch):
+        """The feeds of one run (run_forward's trusted form): a record whose input nodes take
+        its rows 0, 1, ... in order is fed whole, keyed by the tuple of their indices, so the
+        engine can read it stacked instead of copying T rows back together."""
         feeds = {}
         if self.batch_node is not None:
             feeds[self.batch_node] = np.empty((batch, 0))
-        for node, kind, r, pos in self.feeds:
-            if kind == "clamp":
-                feeds[node] = clamps[r][3][pos]
-            elif kind == "target":
-                feeds[node] = targets[r][3][pos]
+        for kind, r, nodes, stacked in self._feed_records():
+            arr = clamps[r][3] if kind == "clamp" else targets[r][3] if kind == "target" else targets[r][4]
+            if stacked:
+                feeds[stacked] = arr
             else:
-                feeds[node] = targets[r][4][pos]
+                for node, pos in nodes:
+                    feeds[node] = arr[pos]
         return feeds
+
+    def _feed_records(self):
+        if self._records is None:
+            by = {}
+            for node, kind, r, pos in self.feeds:
+                by.setdefault((kind, r), []).append((node, pos))
+            self._records = [(kind, r, nodes, tuple(n.index for n, _ in nodes)
+                              if [pos for _, pos in nodes] == list(range(len(nodes))) else None)
+                             for (kind, r), nodes in by.items()]
+        return self._records
 
     def storage_current(self):
         """False when the user replaced an array in net.weights (copies would read the old one)."""

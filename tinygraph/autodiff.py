@@ -8,7 +8,8 @@ every node the loss depends on (parameters, inputs and intermediates alike).
 
 from collections import deque
 from functools import partial
-from itertools import product
+from itertools import product, repeat
+from operator import is_not
 
 import numpy as np
 
@@ -78,6 +79,19 @@ def _resolve_feeds(graph, plan, feeds):
     return resolved
 
 
+def _trusted_feeds(graph, plan, feeds, values, rows):
+    size = len(values)
+    for key, value in feeds.items():
+        if type(key) is tuple:
+            if key and max(key) < size:
+                deque(map(values.__setitem__, key, rows.adopt(value)), 0)
+        elif key.index < size:
+            values[key.index] = value
+    if not all(map(is_not, map(values.__getitem__, plan.input_indices), repeat(None))):  # (one pass in C)
+        missing = [n.name for n in plan.inputs if values[n.index] is None]
+        raise FeedError(f"missing feeds for inputs {missing[:5]} of graph '{graph.name}'")
+
+
 def _check_feed(node, value):
     if (type(value) is np.ndarray and value.dtype.kind == "f" and node.dtype.kind == "f"
             and value.ndim == len(node.shape)
@@ -121,23 +135,22 @@ def _describe_inputs(node, values):
 
 
 def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trusted=False):
-    """Graph.forward's work.  ``trusted``: feeds are {input node of this graph: array}
-    already checked by the caller (the rnn layer validates clamps and targets itself)."""
+    """Graph.forward's work.  ``trusted``: feeds already checked by the caller (the rnn layer
+    validates clamps and targets itself), {input node of this graph: array}, or {tuple of
+    input node indices: array} where row k feeds input k (a batch then reads the array
+    itself as the stacked inputs, see rowbuffers.py)."""
     plan = compile_plan(graph, outputs, batch)
-    if trusted:
-        fed = {node.index: value for node, value in feeds.items()}
-        missing = [n.name for n in plan.inputs if n.index not in fed]
-        if missing:
-            raise FeedError(f"missing feeds for inputs {missing[:5]} of graph '{graph.name}'")
-    else:
-        fed = _resolve_feeds(graph, plan, feeds)
     values = [None] * plan.size
     bstore = {ROWS: RowIndex()}  # batches' stacked results, slope groups' row buffers (plan.RowOut)
     nodes = graph.nodes
     for index, node in plan.sources:
         values[index] = node.value
-    for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
-        values[node.index] = fed[node.index]
+    if trusted:
+        _trusted_feeds(graph, plan, feeds, values, bstore[ROWS])
+    else:
+        fed = _resolve_feeds(graph, plan, feeds)
+        for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
+            values[node.index] = fed[node.index]
     if check_finite:
         for index, _ in plan.sources:
             _check_value(nodes[index], values)

@@ -258,7 +258,13 @@ def _matmul_vjp_b(g, out, a, b):
     return _swap(a) @ g
 
 
-defop("matmul", np.matmul, (_matmul_vjp_a, _matmul_vjp_b), S.matmul)
+def _matmul(a, b):
+    if b.ndim == 2 and a.ndim > 2:  # stacked members on one weight: one 2-D product, not one per member
+        return np.dot(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[1:])
+    return np.matmul(a, b)
+
+
+defop("matmul", _matmul, (_matmul_vjp_a, _matmul_vjp_b), S.matmul)
 
 
 def matmul(a, b, *, name=None):

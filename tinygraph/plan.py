@@ -231,6 +231,7 @@ class Plan:
                 if inp.index >= node.index:
                     raise GraphError(f"node '{node.name}' uses '{inp.name}', created after it")
         self.inputs = [n for n in self.order if n.op == "input"]
+        self.input_indices = [n.index for n in self.inputs]
         batches = find_batches(graph, needed) if batch else []
         units = schedule(graph, needed, batches) if batches else None
         if batches and units is None:  # drop the reverse-level batches, then all, until acyclic
