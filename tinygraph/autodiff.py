@@ -529,14 +529,15 @@ _NO_SLOPES = (None, None, False, None)
 
 def _slopes(group, values, bstore, slopes, rows):
     """(slopes, product rows, shape, dtype) of a slope group, computed once per sweep: a
-    member's product g * slope goes into its row of one buffer when g has the slopes'
-    shape and dtype (so the products, which tied weights and batches read stacked, are
-    one array); product rows are None when the slopes are not one float array."""
+    member's product g * slope replaces its slope in place (each is used once) when g has
+    the slopes' shape and dtype, so the products, which tied weights and batches read
+    stacked, are rows of one array; product rows are None when the slopes are not one
+    float array."""
     sl = slopes.get(group)
     if sl is None:
         S = group.compute(values, bstore)
         if type(S) is np.ndarray and S.ndim >= 2 and S.dtype.kind == "f":
-            sl = (S, rows.new(len(S), S.shape[1:], S.dtype), S.shape[1:], S.dtype)
+            sl = (S, rows.adopt(S), S.shape[1:], S.dtype)
         else:
             sl = (S, None, False, None)
         slopes[group] = sl
