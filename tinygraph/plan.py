@@ -529,6 +529,10 @@ class SlopeGroup:
             arr = bstore[self.stacked_as[0]][1][self.stacked_as[1]]
             if arr.dtype == first.dtype and arr.size == n * first.size:
                 stacked = arr.reshape((n,) + first.shape)
+        if stacked is not None and n * first.size <= 4 * SLOPE_CHUNK:
+            slopes = self.slope(stacked)  # one call; its temporaries are as large as the stack itself
+            # a fresh array: backward overwrites slopes with products (exp's slope is its output)
+            return slopes.copy() if np.may_share_memory(slopes, stacked) else slopes
         slopes = None
         per = max(1, SLOPE_CHUNK // max(1, first.size))
         for lo in range(0, n, per):
