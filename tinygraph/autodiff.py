@@ -473,8 +473,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
             elif type(vjp) is SlopeRow:
                 S, GR, shape, dtype = _slopes(vjp.group, values, bstore, slopes, rows)
                 if type(g) is ndarray and g.shape == shape and g.dtype == dtype:
-                    gi = GR[vjp.k]
-                    multiply(g, S[vjp.k], out=gi)
+                    gi = GR[vjp.k]  # the slope's own row: the product replaces it
+                    multiply(g, gi, out=gi)
                 else:
                     gi = g * S[vjp.k]
             elif vjp is TIED_MATMUL_A:

@@ -142,10 +142,10 @@ def _row_vars(names):
     return "(" + ", ".join(flat) + ",)"
 
 
-def _untied_accumulate(j, pad):
+def _untied_accumulate(j, pad, check_shape=True):
     return [f"{pad}shape = v[{j}].shape",
             f"{pad}if gi.shape != shape:",
-            f"{pad}    gi = UB(gi, shape)",
+            f"{pad}    gi = UB(gi, shape)"] * check_shape + [
             f"{pad}prev = grads[{j}]",
             f"{pad}if prev is None:",
             f"{pad}    grads[{j}] = gi",
@@ -193,6 +193,7 @@ def _generate(proto):
             bw.append(f"    G{m}_{p} = G[{m}][{p}]")
             bw.append(f"    S{m}_{p}, GR{m}_{p}, SS{m}_{p}, SD{m}_{p} = S[{m}][{p}]")
             bw.append(f"    OA{m}_{p}, OG{m}_{p} = O[{m}][{p}]")
+            bw.append(f"    LW{m}_{p} = LT{m}_{p} = None")
     bw.append(f"    for {row} in reversed(rows):")
     for m in range(len(proto) - 1, -1, -1):
         kind, _, _, in_idx, vjps = proto[m]
@@ -212,11 +213,14 @@ def _generate(proto):
                 continue
             if ek == "tma":
                 w = d["i"][1]
+                lw, lt = f"LW{m}_{p}", f"LT{m}_{p}"  # the last weight seen and its transpose
                 bw += [f"{pad}w = v[{w}]",
-                       f"{pad}wT = TR.get(id(w))",
-                       f"{pad}if wT is None:",
-                       f"{pad}    wT = TR[id(w)] = ASC(w.T)",
-                       f"{pad}gi = DOT(g, wT)",
+                       f"{pad}if w is not {lw}:",
+                       f"{pad}    {lw} = w",
+                       f"{pad}    {lt} = TR.get(id(w))",
+                       f"{pad}    if {lt} is None:",
+                       f"{pad}        {lt} = TR[id(w)] = ASC(w.T)",
+                       f"{pad}gi = DOT(g, {lt})",
                        f"{pad}prev = grads[{j}]",
                        f"{pad}if prev is None:",
                        f"{pad}    grads[{j}] = gi",
@@ -232,13 +236,15 @@ def _generate(proto):
                 bw.append(f"{pad}gi = g")
                 bw += _untied_accumulate(j, pad)
             elif ek == "slope":  # into the product's row of one buffer when g fits (autodiff._slopes)
+                # (GR's rows are the slopes' rows: the product replaces the slope; an elementwise
+                # unary op's input has its output's shape, so gi needs no unbroadcast)
                 k = d['k'][p]
                 bw += [f"{pad}if type(g) is ND and g.shape == SS{m}_{p} and g.dtype == SD{m}_{p}:",
                        f"{pad}    gi = GR{m}_{p}[{k}]",
-                       f"{pad}    MUL(g, S{m}_{p}[{k}], out=gi)",
+                       f"{pad}    MUL(g, gi, out=gi)",
                        f"{pad}else:",
                        f"{pad}    gi = g * S{m}_{p}[{k}]"]
-                bw += _untied_accumulate(j, pad)
+                bw += _untied_accumulate(j, pad, check_shape=False)
             else:
                 args = ", ".join(f"v[{x}]" for x in d["i"])
                 bw.append(f"{pad}gi = G{m}_{p}(g, v[{d['o']}], {args})")
