@@ -9,7 +9,7 @@ every node the loss depends on (parameters, inputs and intermediates alike).
 from collections import deque
 from functools import partial
 from itertools import product, repeat
-from operator import is_not
+from operator import attrgetter, is_, is_not
 
 import numpy as np
 
@@ -143,8 +143,7 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
     values = [None] * plan.size
     bstore = {ROWS: RowIndex()}  # batches' stacked results, slope groups' row buffers (plan.RowOut)
     nodes = graph.nodes
-    for index, node in plan.sources:
-        values[index] = node.value
+    deque(map(values.__setitem__, plan.source_indices, map(attrgetter("value"), plan.source_nodes)), 0)
     if trusted:
         _trusted_feeds(graph, plan, feeds, values, bstore[ROWS])
     else:
@@ -677,6 +676,9 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             natural = gi.shape[:1] + np.shape(values[ref[0]])
             if gi.shape != natural:
                 gi = gi.reshape(natural)
+            if b.untied_stack[pos] and all(map(is_, map(grads.__getitem__, ref), repeat(None))):
+                deque(map(grads.__setitem__, ref, gi), 0)  # first contributions: views, not owned
+                continue
             for j, row in zip(ref, gi):
                 if grads[j] is None and j not in tied:
                     grads[j] = row  # the first contribution: a view, not owned (accumulate copies on the next)

@@ -627,7 +627,8 @@ def _rest(x):
 
 def _se_batched(p, t):
     d = p - t
-    return 0.5 * np.sum(d * d, axis=_rest(d))
+    d *= d
+    return 0.5 * np.add.reduce(d, axis=_rest(d))
 
 
 def _wse_batched(p, t, w):

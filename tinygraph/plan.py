@@ -71,7 +71,7 @@ class Batch:
     ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
-                 "from_singles", "source_grads", "fed_alone")
+                 "from_singles", "source_grads", "fed_alone", "untied_stack")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -288,12 +288,17 @@ class Plan:
                 if t is not None:
                     self.tied[n.index] = t
         self.tie_shapes = {id(t): t.members[0].value.shape for t in set(self.tied.values())}
+        for b in batches:  # "stack" operands of distinct nodes none of which is a tied param
+            b.untied_stack = tuple(kind == "stack" and len(set(ref)) == len(ref) and not any(j in self.tied for j in ref)
+                                   for kind, ref in b.inputs)
         steps = []
         if units is None:
             units = [("n", i) for i in needed]
         # sources are filled before the run; only computing nodes become steps, each with
         # its forward and its VJPs bound to the node's attributes (no lookups while running)
         self.sources = [(n.index, n) for n in self.order if n.op in ("param", "const")]
+        self.source_indices = [i for i, _ in self.sources]
+        self.source_nodes = [n for _, n in self.sources]
         for kind, ref in units:
             if kind == "b":
                 steps.append((BATCH, self.batches[ref]))
@@ -521,10 +526,10 @@ class SlopeGroup:
         or a batch stacked them in forward."""
         outs = [values[m] for m in self.members]
         first = outs[0]
-        if not all(o.shape == first.shape and o.dtype == first.dtype for o in outs):
-            return [self.slope(o) for o in outs]
         n = len(outs)
-        stacked = stacked_view(outs, bstore.get(ROWS)) if bstore else None
+        stacked = stacked_view(outs, bstore.get(ROWS)) if bstore else None  # (rows of one buffer: one shape)
+        if stacked is None and not all(o.shape == first.shape and o.dtype == first.dtype for o in outs):
+            return [self.slope(o) for o in outs]
         if stacked is None and self.stacked_as is not None and bstore and self.stacked_as[0] in bstore:
             arr = bstore[self.stacked_as[0]][1][self.stacked_as[1]]
             if arr.dtype == first.dtype and arr.size == n * first.size:
