@@ -586,9 +586,9 @@ def _rows_of(arrs, lo, hi, spans):
 def _flat_outer(a, g):
     """a.T @ g for 2-D operands, or for stacks of them (members first) as one product."""
     if a.ndim == 3:
-        a = a.reshape(-1, a.shape[-1])
+        a = a.reshape(a.shape[0] * a.shape[1], a.shape[2])
     if g.ndim == 3:
-        g = g.reshape(-1, g.shape[-1])
+        g = g.reshape(g.shape[0] * g.shape[1], g.shape[2])
     return a.T @ g
 
 

@@ -33,18 +33,19 @@ def central_differences(loss_fn, arr, eps, max_entries=None, rng=None):
     """(indices, dloss/d arr.flat[indices]) by central differences: each entry of ``arr`` is
     perturbed in place (so any storage sharing it moves too) and restored.  ``max_entries``
     samples that many entries (with ``rng``) instead of all."""
-    flat = arr.reshape(-1)  # a view: perturbing it perturbs the live array (and any shared copy)
-    idx = np.arange(flat.size)
-    if max_entries is not None and flat.size > max_entries:
-        idx = np.sort(rng.choice(flat.size, size=max_entries, replace=False))
+    idx = np.arange(arr.size)
+    if max_entries is not None and arr.size > max_entries:
+        idx = np.sort(rng.choice(arr.size, size=max_entries, replace=False))
     numeric = np.empty(idx.size)
     for k, i in enumerate(idx):
-        old = flat[i]
-        flat[i] = old + eps
+        # an index into arr itself (not into arr.reshape(-1), which copies a non-contiguous array)
+        pos = np.unravel_index(i, arr.shape)
+        old = arr[pos]
+        arr[pos] = old + eps
         up = loss_fn()
-        flat[i] = old - eps
+        arr[pos] = old - eps
         down = loss_fn()
-        flat[i] = old
+        arr[pos] = old
         numeric[k] = (up - down) / (2 * eps)
     return idx, numeric
 

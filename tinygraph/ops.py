@@ -9,6 +9,7 @@ this file: call ``defop`` and write the node-building function next to it.
 """
 
 import builtins
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -228,6 +229,11 @@ def pow(x, exponent, *, name=None):  # noqa: A001 - mirrors the operator's name
 
 # ----------------------------------------------------------------- matmul
 
+def _rows(x):
+    """x as a 2-D matrix of its last axis (reshape(-1, n) fails when n == 0)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def _swap(x):
     return x.T if x.ndim == 2 else np.swapaxes(x, -1, -2)
 
@@ -238,7 +244,7 @@ def _matmul_vjp_a(g, out, a, b):
     if a.ndim == 1:
         return (b @ g[..., None])[..., 0]
     if b.ndim == 2 and g.ndim > 2:  # members stacked on a shared weight: one 2-D product, not one per member
-        return (g.reshape(-1, g.shape[-1]) @ b.T).reshape(g.shape[:-1] + (b.shape[0],))
+        return (_rows(g) @ b.T).reshape(g.shape[:-1] + (b.shape[0],))
     return g @ _swap(b)
 
 
@@ -248,7 +254,7 @@ def _matmul_vjp_b(g, out, a, b):
         # over batch (and time, when batched) without a per-member intermediate
         if a.ndim == 2:
             return a.T @ g
-        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        return _rows(a).T @ _rows(g)
     if a.ndim == 1 and b.ndim == 1:
         return g * a
     if a.ndim == 1:
@@ -260,7 +266,7 @@ def _matmul_vjp_b(g, out, a, b):
 
 def _matmul(a, b):
     if b.ndim == 2 and a.ndim > 2:  # stacked members on one weight: one 2-D product, not one per member
-        return np.dot(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[1:])
+        return np.dot(_rows(a), b).reshape(a.shape[:-1] + b.shape[1:])
     return np.matmul(a, b)
 
 
