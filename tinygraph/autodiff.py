@@ -442,7 +442,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             b = step[1]
             if b.id in bstore:
                 _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied,
-                                check_finite, seed_batch, rows)
+                                check_finite, seed_batch, rows, owned)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -612,7 +612,7 @@ def _backward_single(node, values, grads, accumulate, check_finite):
 
 
 def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied, check_finite=False,
-                    seed_batch=None, rows=None):
+                    seed_batch=None, rows=None, owned=None):
     """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
     (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
     source nodes fed stacked, unless something else also contributes to them."""
@@ -677,13 +677,22 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             if gi.shape != natural:
                 gi = gi.reshape(natural)
             if b.untied_stack[pos] and all(map(is_, map(grads.__getitem__, ref), repeat(None))):
-                deque(map(grads.__setitem__, ref, gi), 0)  # first contributions: views, not owned
+                deque(map(grads.__setitem__, ref, gi), 0)  # first contributions: views
+                if owned is not None and _fresh(gi, G, out, args):
+                    owned.update(ref)  # nobody else holds these rows: later contributions add in place
                 continue
             for j, row in zip(ref, gi):
                 if grads[j] is None and j not in tied:
                     grads[j] = row  # the first contribution: a view, not owned (accumulate copies on the next)
                 else:
                     accumulate(j, row)
+
+
+def _fresh(gi, G, out, args):
+    """True when the VJP result ``gi`` shares no memory with the batch's gradient, output or
+    operands (a product, not a view of something another node's gradient may hold)."""
+    may = np.may_share_memory
+    return not (may(gi, G) or may(gi, out) or any(may(gi, a) for a in args))
 
 
 def _source_grads_one_by_one(b, grads, accumulate):

@@ -226,9 +226,12 @@ def _generate(proto):
                        f"{pad}    grads[{j}] = gi",
                        f"{pad}    owned.add({j})",
                        f"{pad}elif prev.shape == gi.shape and prev.dtype == gi.dtype:",
-                       f"{pad}    gi += prev",
-                       f"{pad}    grads[{j}] = gi",
-                       f"{pad}    owned.add({j})",
+                       f"{pad}    if {j} in owned:",
+                       f"{pad}        prev += gi",
+                       f"{pad}    else:",
+                       f"{pad}        gi += prev",
+                       f"{pad}        grads[{j}] = gi",
+                       f"{pad}        owned.add({j})",
                        f"{pad}else:",
                        f"{pad}    ACC({j}, gi)"]
                 continue

@@ -295,10 +295,25 @@ def _def_unary(name, forward, slope):
     defop(name, forward, (lambda g, out, x: g * slope(out),), _same_shape, slope=slope)
 
 
+def _tanh_slope(out):
+    """1 - out^2 with one temporary (the slopes of a whole chain are computed at once)."""
+    s = out * out
+    if type(s) is np.ndarray and s.ndim:
+        return np.subtract(1.0, s, out=s)
+    return 1.0 - s
+
+
+def _logistic_slope(out):
+    """out * (1 - out), with one temporary."""
+    s = 1.0 - out
+    s *= out
+    return s
+
+
 # these differentiate from their stored output: no second transcendental call
 _def_unary("exp", np.exp, lambda out: out)
-_def_unary("tanh", np.tanh, lambda out: 1.0 - out * out)
-_def_unary("logistic", _logistic, lambda out: out * (1.0 - out))
+_def_unary("tanh", np.tanh, _tanh_slope)
+_def_unary("logistic", _logistic, _logistic_slope)
 _def_unary("relu", lambda x: np.maximum(x, 0.0), lambda out: out > 0)  # out > 0 exactly where x > 0
 defop("log", np.log, (lambda g, out, x: g / x,), _same_shape)
 defop("stop_gradient", lambda x: x, (lambda g, out, x: None,), _same_shape)
