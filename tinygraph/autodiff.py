@@ -165,7 +165,7 @@ def _run_steps(steps, values, bstore, presums, nodes, check_finite):
     for step in steps:
         if step[0] == BATCH:
             b = step[1]
-            if not _forward_batch(b, values, bstore):
+            if not _forward_batch(b, values, bstore, check_finite):
                 for m in b.members:  # runtime shapes differ: run the members one by one
                     _forward_single(nodes[m], values)
             if check_finite:
@@ -283,7 +283,7 @@ def _batch_args(b, values, bstore):
     return args
 
 
-def _forward_batch(b, values, bstore):
+def _forward_batch(b, values, bstore, eager=False):
     args = _batch_args(b, values, bstore)
     if args is None:
         return False
@@ -293,6 +293,8 @@ def _forward_batch(b, values, bstore):
     except (ValueError, IndexError):
         return False  # run member by member, which names the node that fails
     bstore[b.id] = (out, args)
+    if b.lazy and not eager:
+        return True  # only other batches read these members: Activations.value makes their rows when asked
     if out.ndim > 1:  # rows are views: every member keeps its own value
         deque(map(values.__setitem__, b.members, out), 0)
     else:  # 0-d views out[k, ...], not copied scalars
@@ -309,9 +311,20 @@ class Activations:
         self._values = values
         self._bstore = bstore or {}
 
+    def value(self, i):
+        """The value of node index i, or None when it was not computed.  Members of a batch
+        that only other batches read (plan.Batch.lazy) get their row view here, when asked."""
+        v = self._values[i] if i < len(self._values) else None
+        if v is None:
+            mb = self.plan.member_of.get(i)
+            if mb is not None and mb[0] in self._bstore:
+                out = self._bstore[mb[0]][0]
+                v = self._values[i] = out[mb[1]] if out.ndim > 1 else out[mb[1], ...]
+        return v
+
     def _node(self, key):
         node = self.graph.own(key, "activations")
-        if node.index >= len(self._values) or self._values[node.index] is None:
+        if self.value(node.index) is None:
             raise UnknownNodeError(
                 f"node '{node.name}' was not computed in this run (it was built after the run, "
                 f"or is not needed by the requested outputs)")
@@ -328,7 +341,7 @@ class Activations:
             return False
 
     def items(self):
-        return [(n, self._values[n.index]) for n in self.plan.order]
+        return [(n, self.value(n.index)) for n in self.plan.order]
 
     def backward(self, loss, seed=None, check_finite=False):
         """Reverse mode from ``loss``: dloss/d(node) for every node ``loss`` depends on.
@@ -782,15 +795,16 @@ class Gradients:
         g = self._raw(i)
         if g is not None:
             return g
-        if i < len(self.acts._values) and self.acts._values[i] is not None:
-            return np.zeros(np.shape(self.acts._values[i]))
+        v = self.acts.value(i)
+        if v is not None:
+            return np.zeros(np.shape(v))
         if node.op == "param":
             return np.zeros_like(node.value)
         raise UnknownNodeError(f"node '{node.name}' was not computed in the forward run, so it has no gradient")
 
     def _copy_grad(self, node):
         """One tied copy's own gradient: the sum of its consumers' VJPs (computed when asked)."""
-        values = self.acts._values
+        value = self.acts.value
         nodes = self.graph.nodes
         total = None
         for c, pos in self.acts.plan.consumers(node.index):
@@ -798,7 +812,7 @@ class Gradients:
             if g is None:
                 continue
             cn = nodes[c]
-            gi = _ops.get(cn.op).vjp(pos, g, values[c], [values[i.index] for i in cn.inputs], cn.attrs)
+            gi = _ops.get(cn.op).vjp(pos, g, value(c), [value(i.index) for i in cn.inputs], cn.attrs)
             if gi is None:
                 continue
             gi = _ops.unbroadcast(gi, node.value.shape)

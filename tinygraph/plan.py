@@ -71,7 +71,7 @@ class Batch:
     ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
-                 "from_singles", "source_grads", "fed_alone", "untied_stack")
+                 "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -288,6 +288,19 @@ class Plan:
                 if t is not None:
                     self.tied[n.index] = t
         self.tie_shapes = {id(t): t.members[0].value.shape for t in set(self.tied.values())}
+        # batches whose members only other batches read whole (or a BATCH_SUM): their members'
+        # row views are made only when someone asks for a value (Activations.value)
+        lazy = {b.id: True for b in batches}
+        for n in self.order:
+            if n.index in self.batch_sums:
+                continue
+            mb = self.member_of.get(n.index)
+            for pos, i in enumerate(n.inputs):
+                src = self.member_of.get(i.index)
+                if src is not None and (mb is None or self.batches[mb[0]].inputs[pos] != ("batch", src[0])):
+                    lazy[src[0]] = False
+        for b in batches:
+            b.lazy = lazy[b.id]
         for b in batches:  # "stack" operands of distinct nodes none of which is a tied param
             b.untied_stack = tuple(kind == "stack" and len(set(ref)) == len(ref) and not any(j in self.tied for j in ref)
                                    for kind, ref in b.inputs)
