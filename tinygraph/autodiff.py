@@ -634,7 +634,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
     members = b.members
     if b.from_singles or b.id == seed_batch:  # contributions left in grads[member] (or the seed)
         per = [grads[m] for m in members]
-        some = any(p is not None for p in per)
+        some = not all(map(is_, per, repeat(None)))
     else:
         per, some = None, False
     if G is None and not some:
@@ -681,7 +681,9 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             accumulate(ref[0], unbroadcast(gi, np.shape(values[ref[0]])))
         elif kind == "batch":
             natural = bstore[ref][0].shape
-            gi = unbroadcast(gi, args[pos].shape).reshape(natural)
+            gi = unbroadcast(gi, args[pos].shape)
+            if gi.shape != natural:
+                gi = gi.reshape(natural)
             prev = bgrads.get(ref)
             bgrads[ref] = gi if prev is None else prev + gi
         else:

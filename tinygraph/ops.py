@@ -76,6 +76,8 @@ def get(name):
 
 def unbroadcast(grad, shape):
     """Sum a gradient of a broadcast shape back to ``shape`` (the input's)."""
+    if type(grad) is np.ndarray and grad.shape == shape:
+        return grad  # (the common case, without np.shape's overhead)
     gshape = np.shape(grad)
     shape = tuple(shape)
     if gshape == shape:
