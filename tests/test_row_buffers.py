@@ -831,3 +831,33 @@ def test_float32_rnn_keeps_its_rows_in_float32():
     for k, v in out.weight_grads.items():
         assert v.dtype == np.float32, k
         np.testing.assert_allclose(v, rgrads[k], rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+# ============================================================ 8. lazy batch members
+
+
+def test_members_only_batches_read_get_their_values_when_asked():
+    """y_t = x_t @ W is read only by the tanh batch: its members' values are made on demand,
+    equal the plain product, and a backward pass seeded at one of them is right."""
+    rng = np.random.default_rng(3)
+    g = tg.Graph("lazy")
+    W = g.param("W", rng.standard_normal((3, 2)))
+    xs = [g.input(f"x{t}", (None, 3)) for t in range(4)]
+    ys = [tg.matmul(x, W, name=f"y{t}") for t, x in enumerate(xs)]
+    zs = [tg.tanh(y, name=f"z{t}") for t, y in enumerate(ys)]
+    feeds = {f"x{t}": rng.standard_normal((2, 3)) for t in range(4)}
+    acts = g.forward(feeds)
+    plan = AD.compile_plan(g)
+    lazy = {plan.batches[b].op.name: plan.batches[b].lazy for b in plan.batches}
+    assert lazy == {"matmul": True, "tanh": True}  # (nothing reads the z's: nobody needs their rows either)
+    assert acts._values[ys[2].index] is None  # not made by the forward run
+    for t in range(4):
+        np.testing.assert_array_equal(acts[ys[t]], feeds[f"x{t}"] @ W.value)
+    assert dict(acts.items())[ys[3]] is acts[ys[3]]
+    seed = rng.standard_normal((2, 2))
+    gr = g.forward(feeds).backward(ys[1], seed=seed)  # (a fresh run: its other members have no rows yet)
+    np.testing.assert_array_equal(gr[ys[1]], seed)
+    np.testing.assert_array_equal(gr[ys[0]], np.zeros((2, 2)))
+    np.testing.assert_allclose(gr[W], feeds["x1"].T @ seed, rtol=1e-13)
+    gr = acts.backward(zs[1], seed=seed)
+    np.testing.assert_allclose(gr[ys[1]], seed * (1 - np.tanh(feeds["x1"] @ W.value) ** 2), rtol=1e-13)

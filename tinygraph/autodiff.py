@@ -642,7 +642,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
     if G is None:
         G = stacked_view(per, rows)  # (no copy when they are rows of one buffer)
         if G is None:
-            G = stack_rows([np.zeros(np.shape(values[m])) if p is None else p for m, p in zip(members, per)])
+            G = stack_rows([np.zeros(out.shape[1:]) if p is None else p for p in per])  # (out[k]: member k)
     elif some:
         G = np.array(G, copy=True)
         for k, p in enumerate(per):
