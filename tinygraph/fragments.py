@@ -53,9 +53,10 @@ def _signature(step):
     return head, len(in_idx), entries
 
 
-def find_fragments(steps):
+def find_fragments(steps, uses):
     """``steps`` with every run of at least MIN_REPEATS repetitions of a period of up to
-    MAX_PERIOD unbatched steps replaced by one ``(FRAGMENT, Fragment)`` step."""
+    MAX_PERIOD unbatched steps replaced by one ``(FRAGMENT, Fragment)`` step.  ``uses``:
+    node index -> how many inputs of the plan's nodes it is."""
     sigs = [_signature(s) for s in steps]
     out = []
     i, n = 0, len(steps)
@@ -76,7 +77,7 @@ def find_fragments(steps):
             i += 1
             continue
         period, reps = found
-        out.append((FRAGMENT, Fragment(steps[i:i + period * reps], period)))
+        out.append((FRAGMENT, Fragment(steps[i:i + period * reps], period, uses)))
         i += period * reps
     return out
 
@@ -86,7 +87,7 @@ class Fragment:
 
     __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G", "groups")
 
-    def __init__(self, steps, period):
+    def __init__(self, steps, period, uses):
         self.steps = steps
         self.proto = steps[:period]
         self.rows = []
@@ -102,10 +103,14 @@ class Fragment:
             self.rows.append(tuple(row))
         # the generated code depends only on the shape of the fragment (kinds, arities), not
         # on which functions or groups it calls: those are passed in, so the cache stays small
-        key = tuple((head[0], head[2] if head[0] == "presum" else None, arity, tuple(e[0] for e in entries))
-                    for head, arity, entries in map(_signature, self.proto))
+        # per statement and input: does that input feed nothing else in every repetition? Then
+        # its gradient has no other source and is still None when this statement reaches it
+        sole = tuple(tuple(all(uses.get(st[3][p]) == 1 for st in steps[m::period]) for p in range(len(step[3])))
+                     for m, step in enumerate(self.proto))
+        key = (tuple((head[0], head[2] if head[0] == "presum" else None, arity, tuple(e[0] for e in entries))
+                     for head, arity, entries in map(_signature, self.proto)), sole)
         if key not in _CODE:
-            _CODE[key] = _generate(self.proto)
+            _CODE[key] = _generate(self.proto, sole)
         self.forward, self.backward = _CODE[key]
         # the callables the generated code calls: forward functions and VJPs, per statement
         self.F = tuple(None if kind == PRESUM else fwd.ufunc if type(fwd) is RowOut else fwd
@@ -142,10 +147,15 @@ def _row_vars(names):
     return "(" + ", ".join(flat) + ",)"
 
 
-def _untied_accumulate(j, pad, check_shape=True):
-    return [f"{pad}shape = v[{j}].shape",
+def _untied_accumulate(j, pad, check_shape=True, sole=False):
+    """Lines adding gi into grads[j] as backward_pass's accumulate does (``sole``: j's only
+    gradient source is this one, so grads[j] is still None and simply becomes gi)."""
+    head = [f"{pad}shape = v[{j}].shape",
             f"{pad}if gi.shape != shape:",
-            f"{pad}    gi = UB(gi, shape)"] * check_shape + [
+            f"{pad}    gi = UB(gi, shape)"] * check_shape
+    if sole:
+        return head + [f"{pad}grads[{j}] = gi"]
+    return head + [
             f"{pad}prev = grads[{j}]",
             f"{pad}if prev is None:",
             f"{pad}    grads[{j}] = gi",
@@ -157,7 +167,7 @@ def _untied_accumulate(j, pad, check_shape=True):
             f"{pad}    owned.add({j})"]
 
 
-def _generate(proto):
+def _generate(proto, sole):
     names = _names(proto)
     row = _row_vars(names)
     fw = ["def forward(v, rows, F, P, R, ND):"]
@@ -237,7 +247,7 @@ def _generate(proto):
                 continue
             if ek == "pass":
                 bw.append(f"{pad}gi = g")
-                bw += _untied_accumulate(j, pad)
+                bw += _untied_accumulate(j, pad, sole=sole[m][p])
             elif ek == "slope":  # into the product's row of one buffer when g fits (autodiff._slopes)
                 # (GR's rows are the slopes' rows: the product replaces the slope; an elementwise
                 # unary op's input has its output's shape, so gi needs no unbroadcast)
@@ -247,12 +257,12 @@ def _generate(proto):
                        f"{pad}    MUL(g, gi, out=gi)",
                        f"{pad}else:",
                        f"{pad}    gi = g * S{m}_{p}[{k}]"]
-                bw += _untied_accumulate(j, pad, check_shape=False)
+                bw += _untied_accumulate(j, pad, check_shape=False, sole=sole[m][p])
             else:
                 args = ", ".join(f"v[{x}]" for x in d["i"])
                 bw.append(f"{pad}gi = G{m}_{p}(g, v[{d['o']}], {args})")
                 bw.append(f"{pad}if gi is not None:")
-                bw += _untied_accumulate(j, pad + "    ")
+                bw += _untied_accumulate(j, pad + "    ", sole=sole[m][p])
     scope = {}
     exec(compile("\n".join(fw) + "\n\n" + "\n".join(bw) + "\n", "<tinygraph fragment>", "exec"), scope)
     return scope["forward"], scope["backward"]

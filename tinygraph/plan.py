@@ -349,7 +349,7 @@ class Plan:
         self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
                                    self.batches, self.tied, uses)
         from .fragments import find_fragments  # (fragments.py builds on this module's step kinds)
-        self.fast_steps = find_fragments(self.steps)  # what runs; check_finite runs use self.steps
+        self.fast_steps = find_fragments(self.steps, uses)  # what runs; check_finite runs use self.steps
         self._consumers = None
 
     def consumers(self, index):
