@@ -225,6 +225,9 @@ def _forward_fragment(frag, values, bstore, presums):
             P.append(pre)
         else:
             P.append(None)
+    if frag.chain is not None and frag.chain.run_lean(values, P[0], frag.groups[1], frag.F[1], bstore):
+        bstore[frag] = True  # ran lean: its sums and products are made again when asked (Activations.value)
+        return True
     R = tuple(None if grp is None else (bstore.get(grp, (None, None, None)), partial(grp.value_rows, bstore=bstore))
               for grp in frag.groups)
     try:
@@ -313,14 +316,34 @@ class Activations:
 
     def value(self, i):
         """The value of node index i, or None when it was not computed.  Members of a batch
-        that only other batches read (plan.Batch.lazy) get their row view here, when asked."""
+        that only other batches read (plan.Batch.lazy) get their row view here, when asked;
+        the sums and products a lean chain did not keep (fragments.Chain) are made again."""
         v = self._values[i] if i < len(self._values) else None
         if v is None:
             mb = self.plan.member_of.get(i)
             if mb is not None and mb[0] in self._bstore:
                 out = self._bstore[mb[0]][0]
                 v = self._values[i] = out[mb[1]] if out.ndim > 1 else out[mb[1], ...]
+            elif i in self.plan.recompute:
+                v = self._values[i] = self._remake(i)
         return v
+
+    def _remake(self, i):
+        """A chain's sum or product, with the numpy calls that made it in the run: a product is
+        ``np.dot(state, weight)`` (both kept); a sum is ``((member + sources...) + live)``,
+        the order of PreSum and the fragment, where the live operand may be such a product."""
+        how = self.plan.recompute[i]
+        values = self._values
+        if how[0] == "dot":
+            return np.dot(values[how[1]], values[how[2]])
+        _, member, sources, live = how
+        total = self.value(member)
+        for j in sources:
+            total = total + values[j]
+        x = values[live]
+        if x is None:  # a product not kept either (its inputs are)
+            x = values[live] = self._remake(live)
+        return total + x
 
     def _node(self, key):
         node = self.graph.own(key, "activations")
@@ -532,8 +555,9 @@ def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, ac
                        for _, v, _ in vjps))
         O.append(tuple(outer.setdefault(id(t), ([], [])) if v is TIED_OUTER else (None, None)
                        for _, v, t in vjps))
-    frag.backward(values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
-                  np.dot, np.ascontiguousarray, np.multiply, np.ndarray)
+    backward = frag.backward_lean if bstore.get(frag) else frag.backward
+    backward(values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
+             np.dot, np.ascontiguousarray, np.multiply, np.ndarray)
 
 
 _NO_SLOPES = (None, None, False, None)

@@ -10,6 +10,12 @@ plan; runs with check_finite, and a forward fragment that meets a runtime error,
 generic loops (which name the node at fault).
 """
 
+from collections import deque
+from itertools import repeat
+from operator import is_ as _is
+
+import numpy as np
+
 from . import ops as _ops
 from .plan import PRESUM, SINGLE, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, RowOut, SlopeRow
 
@@ -85,7 +91,7 @@ def find_fragments(steps, uses):
 class Fragment:
     """``steps`` (whole repetitions of a ``period``), their index rows and generated loops."""
 
-    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G", "groups")
+    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G", "groups", "chain", "backward_lean")
 
     def __init__(self, steps, period, uses):
         self.steps = steps
@@ -109,15 +115,104 @@ class Fragment:
                      for m, step in enumerate(self.proto))
         key = (tuple((head[0], head[2] if head[0] == "presum" else None, arity, tuple(e[0] for e in entries))
                      for head, arity, entries in map(_signature, self.proto)), sole)
+        self.chain = Chain.find(steps, period, uses)
         if key not in _CODE:
             _CODE[key] = _generate(self.proto, sole)
         self.forward, self.backward = _CODE[key]
+        self.backward_lean = None
+        if self.chain is not None:  # after a lean forward the products feeding each sum are not stored:
+            lean = (key, "lean")    # their gradient entry skips the shape test (the chain checked shapes)
+            if lean not in _CODE:
+                _CODE[lean] = _generate(self.proto, sole, lean=(0, self.chain.live_pos))
+            self.backward_lean = _CODE[lean][1]
         # the callables the generated code calls: forward functions and VJPs, per statement
         self.F = tuple(None if kind == PRESUM else fwd.ufunc if type(fwd) is RowOut else fwd
                        for kind, _, fwd, _, _ in self.proto)
         # slope groups whose members' outputs go into the run's row buffer (plan.RowOut)
         self.groups = tuple(fwd.group if type(fwd) is RowOut else None for _, _, fwd, _, _ in self.proto)
         self.G = tuple(tuple(v for _, v, _ in vjps) for *_, vjps in self.proto)
+
+
+class Chain:
+    """A fragment that is a recurrence ``h_t = f(S_t)``, ``S_t = P_t + h_{t-1} @ W``: per
+    repetition a PreSum add_n with one live operand, a slope-group ufunc on it (plan.RowOut),
+    and the 2-D ``np.dot`` by a weight that is the next repetition's live operand, where the
+    sum and the product feed nothing else.  Such a chain can run *lean* (run_lean): the
+    product is written straight into the next state's row and the sum and the state are
+    made there in place, as hand-written BPTT does, so the sums and products are not kept;
+    Activations.value recomputes one when asked, with the same numpy calls on the same
+    numbers (so the same bits).  Ufuncs and IEEE addition give the same bits in place."""
+
+    __slots__ = ("sums", "states", "products", "pre_rows", "ks", "first_live", "weights", "live_pos",
+                 "recompute")
+
+    @staticmethod
+    def find(steps, period, uses):
+        if period != 3:
+            return None
+        (ka, _, fa, ia, _), (kb, _, fb, ib, _), (kc, _, fc, ic, _) = steps[:3]
+        if not (ka == PRESUM and len(fa[2]) == 1 and kb == SINGLE and type(fb) is RowOut
+                and kc == SINGLE and fc is np.dot and len(ic) == 2):
+            return None
+        live_pos = ia.index(fa[2][0])
+        group = fa[0]
+        src_pos = tuple(p for p, j in enumerate(ia) if j in group.sources)
+        rest = [p for p in range(len(ia)) if p != live_pos and p not in src_pos]
+        if len(rest) != 1:
+            return None
+        member_pos = rest[0]
+        reps = [steps[r:r + 3] for r in range(0, len(steps), 3)]
+        for r, (a, b, c) in enumerate(reps):
+            if (b[3] != (a[1],) or c[3][0] != b[1] or a[2][2][0] != a[3][live_pos] or uses.get(a[1]) != 1
+                    or (r > 0 and a[2][2][0] != reps[r - 1][2][1])
+                    or (r < len(reps) - 1 and uses.get(c[1]) != 1) or b[2].group is not fb.group):
+                return None
+        ch = Chain()
+        ch.sums = tuple(a[1] for a, _, _ in reps)
+        ch.states = tuple(b[1] for _, b, _ in reps)
+        ch.products = tuple(c[1] for _, _, c in reps)
+        ch.pre_rows = tuple(a[2][1] for a, _, _ in reps)
+        ch.ks = tuple(b[2].k for _, b, _ in reps)
+        ch.first_live = reps[0][0][2][2][0]
+        ch.weights = tuple(c[3][1] for _, _, c in reps)
+        ch.live_pos = live_pos
+        # how Activations.value remakes a dropped node: the sum exactly as PreSum and the
+        # fragment made it, ((member + sources...) + live); the product as np.dot
+        ch.recompute = {}
+        for a, _, c in reps:
+            ch.recompute[a[1]] = ("sum", a[3][member_pos], tuple(a[3][p] for p in src_pos), a[3][live_pos])
+        for _, _, c in reps[:-1]:
+            ch.recompute[c[1]] = ("dot",) + tuple(c[3])
+        return ch
+
+    def run_lean(self, v, pre, group, ufunc, bstore):
+        """The lean forward, or False (nothing written) when this run's shapes, dtypes or
+        weights do not allow it."""
+        x0 = v[self.first_live]
+        W = v[self.weights[0]]
+        if not (type(x0) is np.ndarray and type(pre) is np.ndarray and type(W) is np.ndarray
+                and x0.shape == pre.shape[1:] and x0.ndim >= 1 and x0.dtype == pre.dtype == W.dtype
+                and x0.dtype.kind == "f" and W.shape == (x0.shape[-1], x0.shape[-1])
+                and all(map(_is, map(v.__getitem__, self.weights), repeat(W)))):
+            return False
+        rows, shape, dtype = group.value_rows(x0, bstore)
+        if shape != x0.shape or dtype != x0.dtype:
+            return False
+        dot, ks, P = np.dot, self.ks, self.pre_rows
+        r = rows[ks[0]]
+        np.add(pre[P[0]], x0, out=r)  # the first sum, P_1 + its live operand
+        ufunc(r, out=r)
+        states = [r]
+        for i in range(1, len(ks)):
+            nxt = rows[ks[i]]
+            dot(r, W, out=nxt)  # the product feeding step i, straight into its row
+            nxt += pre[P[i]]     # its sum (the same bits as P_i + product)
+            ufunc(nxt, out=nxt)
+            states.append(nxt)
+            r = nxt
+        deque(map(v.__setitem__, self.states, states), 0)
+        v[self.products[-1]] = dot(r, W)  # the last product feeds steps outside the fragment: kept
+        return True
 
 
 def _names(proto):
@@ -167,7 +262,7 @@ def _untied_accumulate(j, pad, check_shape=True, sole=False):
             f"{pad}    owned.add({j})"]
 
 
-def _generate(proto, sole):
+def _generate(proto, sole, lean=None):
     names = _names(proto)
     row = _row_vars(names)
     fw = ["def forward(v, rows, F, P, R, ND):"]
@@ -247,7 +342,7 @@ def _generate(proto, sole):
                 continue
             if ek == "pass":
                 bw.append(f"{pad}gi = g")
-                bw += _untied_accumulate(j, pad, sole=sole[m][p])
+                bw += _untied_accumulate(j, pad, check_shape=(m, p) != lean, sole=sole[m][p])
             elif ek == "slope":  # into the product's row of one buffer when g fits (autodiff._slopes)
                 # (GR's rows are the slopes' rows: the product replaces the slope; an elementwise
                 # unary op's input has its output's shape, so gi needs no unbroadcast)

@@ -348,8 +348,12 @@ class Plan:
                         self.fed_rows[j] = ((b.id, pos), k)
         self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
                                    self.batches, self.tied, uses)
-        from .fragments import find_fragments  # (fragments.py builds on this module's step kinds)
+        from .fragments import FRAGMENT, find_fragments  # (fragments.py builds on this module's step kinds)
         self.fast_steps = find_fragments(self.steps, uses)  # what runs; check_finite runs use self.steps
+        self.recompute = {}  # node index -> how to make its value again when a lean chain did not keep it
+        for step in self.fast_steps:
+            if step[0] == FRAGMENT and step[1].chain is not None:
+                self.recompute.update(step[1].chain.recompute)
         self._consumers = None
 
     def consumers(self, index):
