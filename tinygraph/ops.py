@@ -595,8 +595,16 @@ def _like_shape(x, like):
     return tuple(like[:-1]) + tuple(x[-1:])
 
 
-defop("broadcast_like", lambda x, like: np.broadcast_to(x, like.shape[:-1] + x.shape[-1:]),
-      (lambda g, out, x, like: g, lambda g, out, x, like: None), _like_shape)
+def _broadcast_like(x, like):
+    """x repeated over like's leading axes, as a new array (np.broadcast_to's read-only view
+    costs more to make than copying the few rows an initial state has)."""
+    x = np.asarray(x)
+    out = np.empty(like.shape[:-1] + x.shape[-1:], x.dtype)
+    out[...] = x
+    return out
+
+
+defop("broadcast_like", _broadcast_like, (lambda g, out, x, like: g, lambda g, out, x, like: None), _like_shape)
 
 
 def broadcast_like(x, like, *, name=None):

@@ -24,7 +24,7 @@ from . import ops as _ops
 from .errors import GraphError
 from .rowbuffers import stacked_view
 
-SINGLE, BATCH, PRESUM, BATCH_SUM = 0, 1, 2, 4
+SINGLE, BATCH, PRESUM, BATCH_SUM = 0, 1, 2, 4  # (3 is fragments.FRAGMENT)
 MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
