@@ -557,7 +557,7 @@ def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, ac
                        for _, v, t in vjps))
     backward = frag.backward_lean if bstore.get(frag) else frag.backward
     backward(values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
-             np.dot, np.ascontiguousarray, np.multiply, np.ndarray)
+             np.dot, np.ascontiguousarray, np.multiply, np.ndarray, np.empty_like)
 
 
 _NO_SLOPES = (None, None, False, None)

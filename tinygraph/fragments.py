@@ -292,13 +292,13 @@ def _generate(proto, sole, lean=None):
         else:
             args = ", ".join(f"v[{x}]" for x in d["i"])
             fw.append(f"        v[{d['o']}] = F{m}({args})")
-    bw = ["def backward(v, grads, owned, rows, G, S, O, TR, ACC, UB, DOT, ASC, MUL, ND):"]
+    bw = ["def backward(v, grads, owned, rows, G, S, O, TR, ACC, UB, DOT, ASC, MUL, ND, EMPTY_LIKE):"]
     for m, (_, _, _, _, vjps) in enumerate(proto):
         for p in range(len(vjps)):
             bw.append(f"    G{m}_{p} = G[{m}][{p}]")
             bw.append(f"    S{m}_{p}, GR{m}_{p}, SS{m}_{p}, SD{m}_{p} = S[{m}][{p}]")
             bw.append(f"    OA{m}_{p}, OG{m}_{p} = O[{m}][{p}]")
-            bw.append(f"    LW{m}_{p} = LT{m}_{p} = None")
+            bw.append(f"    LW{m}_{p} = LT{m}_{p} = SC{m}_{p} = None")
     bw.append(f"    for {row} in reversed(rows):")
     for m in range(len(proto) - 1, -1, -1):
         kind, _, _, in_idx, vjps = proto[m]
@@ -325,20 +325,29 @@ def _generate(proto, sole, lean=None):
                        f"{pad}    {lt} = TR.get(id(w))",
                        f"{pad}    if {lt} is None:",
                        f"{pad}        {lt} = TR[id(w)] = ASC(w.T)",
-                       f"{pad}gi = DOT(g, {lt})",
                        f"{pad}prev = grads[{j}]",
-                       f"{pad}if prev is None:",
-                       f"{pad}    grads[{j}] = gi",
-                       f"{pad}    owned.add({j})",
-                       f"{pad}elif prev.shape == gi.shape and prev.dtype == gi.dtype:",
-                       f"{pad}    if {j} in owned:",
-                       f"{pad}        prev += gi",
+                       # into an owned gradient: the product goes through one scratch array (np.dot
+                       # refuses an out= of another shape or dtype than its result: then as below)
+                       f"{pad}if prev is not None and {j} in owned:",
+                       f"{pad}    if SC{m}_{p} is None:",
+                       f"{pad}        SC{m}_{p} = EMPTY_LIKE(prev)",
+                       f"{pad}    try:",
+                       f"{pad}        DOT(g, {lt}, out=SC{m}_{p})",
+                       f"{pad}    except ValueError:",
+                       f"{pad}        ACC({j}, DOT(g, {lt}), True)",
                        f"{pad}    else:",
+                       f"{pad}        prev += SC{m}_{p}",
+                       f"{pad}else:",
+                       f"{pad}    gi = DOT(g, {lt})",
+                       f"{pad}    if prev is None:",
+                       f"{pad}        grads[{j}] = gi",
+                       f"{pad}        owned.add({j})",
+                       f"{pad}    elif prev.shape == gi.shape and prev.dtype == gi.dtype:",
                        f"{pad}        gi += prev",
                        f"{pad}        grads[{j}] = gi",
                        f"{pad}        owned.add({j})",
-                       f"{pad}else:",
-                       f"{pad}    ACC({j}, gi)"]
+                       f"{pad}    else:",
+                       f"{pad}        ACC({j}, gi)"]
                 continue
             if ek == "pass":
                 bw.append(f"{pad}gi = g")
