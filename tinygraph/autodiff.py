@@ -851,7 +851,9 @@ class Gradients:
         return np.zeros_like(tie.members[0].value) if s is None else s
 
     def reached(self, key):
-        """True when the loss depends on this node."""
+        """True when a gradient reached this node: the loss depends on it, or (a member of a
+        batched step, e.g. one time step's input) its batch received a gradient, in which
+        case its row may be all zeros."""
         node = self.graph.own(key, "gradients")
         if node.index in self.acts.plan.tied:
             return any(self._raw(c) is not None for c, _ in self.acts.plan.consumers(node.index))
