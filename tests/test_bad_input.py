@@ -444,3 +444,20 @@ def test_run_time_shape_error_inside_identical_nodes_names_the_node():
     tg.add(x2, y2, name="together2")
     with raises(tg.ShapeError, "'together1'", "(2, 3)", "(4, 3)"):
         g.forward({"x1": np.ones((2, 3)), "y1": np.ones((4, 3)), "x2": np.ones((2, 3)), "y2": np.ones((4, 3))})
+
+
+def test_huge_finite_clamp_values_are_accepted_and_inf_is_refused():
+    """The finiteness test sums the values first: a sum that overflows must not be taken for
+    an infinite value, and an infinity among them is still found and placed."""
+    import rnn
+    net = rnn.RecurrentNet("big")
+    net.add_group("x", 2, role="input")
+    net.add_group("h", 3, activation="tanh")
+    net.connect("x", "h", delay=0)
+    net.connect("h", "h", delay=1)
+    X = np.full((4, 2, 2), 1e308)  # finite, but their sum overflows
+    clamps, _, _ = rnn.data.resolve_all(net, 4, [rnn.Clamp("x", X)], [])
+    assert clamps[0][3] is X
+    X[2, 1, 0] = np.inf
+    with pytest.raises(rnn.DataError, match=r"NaN or infinity \(first at index \(2, 1, 0\)\)"):
+        rnn.data.resolve_all(net, 4, [rnn.Clamp("x", X)], [])
