@@ -16,6 +16,8 @@ import tinygraph as tg
 import tinygraph.autodiff as AD
 from tinygraph.plan import BATCH, TIED_MATMUL_A, TIED_OUTER, SlopeGroup, SlopeRow
 
+from shared import shared_fd
+
 # independent derivatives, written from the activation, not from tinygraph's rules
 ACTS = {
     "tanh": (tg.tanh, np.tanh, lambda z, h: 1.0 - np.tanh(z) ** 2),
@@ -186,21 +188,6 @@ def _input_driven(T, B, H, I, seed=0, rows=None, extra_use=False):
     return g, tied, loss, feeds, {"U": U, "W": W, "b": b}
 
 
-def _shared_fd(g, loss, feeds, arr, eps=1e-6):
-    """d loss / d(shared array) by central differences: perturbs every tied copy at once."""
-    out = np.empty(arr.size)
-    flat = arr.reshape(-1)
-    for i in range(arr.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = float(g.forward(feeds, outputs=[loss])[loss])
-        flat[i] = old - eps
-        down = float(g.forward(feeds, outputs=[loss])[loss])
-        flat[i] = old
-        out[i] = (up - down) / (2 * eps)
-    return out.reshape(arr.shape)
-
-
 @pytest.mark.parametrize("case", ["plain", "member used twice", "ragged batch"])
 def test_presummed_total_inputs_and_bias_from_the_batch(case):
     from tinygraph.plan import PRESUM, SOURCE_VIA_BATCH
@@ -215,7 +202,7 @@ def test_presummed_total_inputs_and_bias_from_the_batch(case):
     assert via == (0 if case == "member used twice" else T)  # a member with two uses keeps the plain path
     con = grads.constrained()
     for name in ("U", "W", "b"):
-        want = _shared_fd(g, loss, feeds, arrays[name])
+        want = shared_fd(g, loss, feeds, arrays[name])
         np.testing.assert_allclose(con[tied[name][0]], want, rtol=1e-6, atol=1e-8)
     # each x@t feeds only the batch of input projections: its gradient is a row found via fed_rows
     xs = [g[f"x@t{t}"] for t in (1, 2, T)]

@@ -24,6 +24,8 @@ from tinygraph.fragments import FRAGMENT, Chain
 from tinygraph.plan import ROWS
 from tinygraph.rowbuffers import stacked_view
 
+from shared import shared_fd, tanh_rnn
+
 # ============================================================ helpers
 
 
@@ -136,13 +138,7 @@ def _assert_same_runs(a, b):
 def _net(T, B, I=2, H=4, dtype=np.float64, seed=0, dtypes=None):
     """tanh hidden with a learned initial state, linear output, squared error at every step.
     ``dtypes``: {weight name: dtype} overriding ``dtype`` per weight (set before unroll)."""
-    net = rnn.RecurrentNet("lean")
-    net.add_group("x", I, role="input")
-    net.add_group("h", H, activation="tanh", initial="learned")
-    net.add_group("y", I, activation="linear", role="output")
-    net.connect("x", "h", delay=0)
-    net.connect("h", "h", delay=1)
-    net.connect("h", "y", delay=0)
+    net = tanh_rnn("lean", I, H)
     rng = np.random.default_rng(seed)
     for k in list(net.weights):
         w = 0.6 * rng.standard_normal(net.weights[k].shape)
@@ -297,21 +293,6 @@ def _graph_lean_and_plain(g, loss, feeds):
         pacts = g.forward(feeds)
     pgrads = pacts.backward(loss)
     return acts, grads, pacts, pgrads, lean_calls
-
-
-def _shared_fd(g, loss, feeds, arr, eps=1e-6):
-    """d loss / d(one shared array) by central differences (perturbs every copy at once)."""
-    out = np.empty(arr.size)
-    flat = arr.reshape(-1)
-    for i in range(arr.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = float(g.forward(feeds, outputs=[loss])[loss])
-        flat[i] = old - eps
-        down = float(g.forward(feeds, outputs=[loss])[loss])
-        flat[i] = old
-        out[i] = (up - down) / (2 * eps)
-    return out.reshape(arr.shape)
 
 
 # ============================================================ 1. rnn: lean == plain, bitwise
@@ -552,7 +533,7 @@ def test_a_second_consumer_of_a_sum_or_product_is_no_chain(extra, is_chain):
     assert tg.check_gradients(g, loss, feeds, wrt=wrt) < 1e-6
     con = grads.constrained()
     for k in "UWb":
-        np.testing.assert_allclose(con[copies[k][0]], _shared_fd(g, loss, feeds, arrays[k]),
+        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
                                    rtol=1e-6, atol=1e-8, err_msg=k)
 
 

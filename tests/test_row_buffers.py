@@ -24,6 +24,8 @@ from tinygraph.autodiff import compile_plan, run_forward
 from tinygraph.plan import BATCH, BATCH_SUM, ROWS, RowOut, SlopeRow
 from tinygraph.rowbuffers import RowIndex, runs, stacked_view
 
+from shared import tanh_rnn
+
 # ============================================================ 1. RowIndex, runs, stacked_view
 
 
@@ -594,13 +596,7 @@ def test_batch_sum_when_its_batch_cannot_stack():
 
 
 def _rnn(T=6, B=3, I=2, H=4, seed=0):
-    net = rnn.RecurrentNet("rows")
-    net.add_group("x", I, role="input")
-    net.add_group("h", H, activation="tanh", initial="learned")
-    net.add_group("y", I, activation="linear", role="output")
-    net.connect("x", "h", delay=0)
-    net.connect("h", "h", delay=1)
-    net.connect("h", "y", delay=0)
+    net = tanh_rnn("rows", I, H)
     rng = np.random.default_rng(seed)
     for k, w in net.weights.items():
         w[...] = 0.5 * rng.standard_normal(w.shape)
