@@ -24,7 +24,7 @@ from tinygraph.fragments import FRAGMENT, Chain
 from tinygraph.plan import ROWS
 from tinygraph.rowbuffers import stacked_view
 
-from shared import shared_fd, tanh_rnn
+from shared import shared_fd, tanh_rnn, tanh_rnn_bptt
 
 # ============================================================ helpers
 
@@ -152,38 +152,8 @@ def _run(ff, X, Y, **kw):
     return ff.run([rnn.Clamp("x", X)], [rnn.Target("y", Y, steps="all")], **kw)
 
 
-def _rnn_bptt(weights, X, Y):
-    """In float64 numpy from the net's definition: loss, h_1..h_T, weight gradients, dE/dx_t,
-    and each step's share of dE/dW[h->h] (step t's copy multiplies h_{t-1})."""
-    p = {k: np.asarray(v, np.float64) for k, v in weights.items()}
-    X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-    T, B, _ = X.shape
-    Wxh, Whh, bh, Why, by = p["x->h"], p["h->h"], p["bias:h"], p["h->y"], p["bias:y"]
-    hs = [np.tile(p["init:h"], (B, 1))]
-    for t in range(T):
-        hs.append(np.tanh(X[t] @ Wxh + hs[-1] @ Whh + bh))
-    rs = [hs[t + 1] @ Why + by - Y[t] for t in range(T)]
-    loss = sum(0.5 * np.sum(r * r) for r in rs)
-    d = {k: np.zeros_like(v) for k, v in p.items()}
-    dX = np.zeros_like(X)
-    shares = [None] * T
-    carry = np.zeros_like(hs[0])
-    for t in range(T - 1, -1, -1):
-        d["h->y"] += hs[t + 1].T @ rs[t]
-        d["bias:y"] += rs[t].sum(0)
-        dz = (rs[t] @ Why.T + carry) * (1 - hs[t + 1] ** 2)
-        d["x->h"] += X[t].T @ dz
-        shares[t] = hs[t].T @ dz
-        d["h->h"] += shares[t]
-        d["bias:h"] += dz.sum(0)
-        dX[t] = dz @ Wxh.T
-        carry = dz @ Whh.T
-    d["init:h"] = carry.sum(0)
-    return loss, hs[1:], d, dX, shares
-
-
 def _assert_matches_bptt(out, net, X, Y, tol):
-    loss, hs, d, dX, shares = _rnn_bptt(net.weights, X, Y)
+    loss, hs, d, dX, shares = tanh_rnn_bptt(net.weights, X, Y)
     g = out.graph
     T = X.shape[0]
     np.testing.assert_allclose(out.loss, loss, rtol=tol)
@@ -397,7 +367,7 @@ def test_dropped_values_read_through_gradients_and_contains():
     c = g["W[h->h]@t4"]
     assert out.acts._values[g["in[h->h]@t4"].index] is None
     gc = out.grads[c]
-    _, _, _, _, shares = _rnn_bptt(net.weights, X, Y)
+    _, _, _, _, shares = tanh_rnn_bptt(net.weights, X, Y)
     np.testing.assert_allclose(gc, shares[3], rtol=1e-11, atol=1e-12)
 
 
@@ -639,7 +609,7 @@ def test_backward_from_an_intermediate_node_matches_the_plain_run(seed_at):
     assert gl.reached(g["init[h]@t0"]) and gl.reached(g["x@t1"])
     # against hand BPTT of dE/d(net[h]@t) = seed propagated back to step 1
     Whh, Wxh = net.weights["h->h"], net.weights["x->h"]
-    _, hs, _, _, _ = _rnn_bptt(net.weights, X, Y)
+    _, hs, _, _, _ = tanh_rnn_bptt(net.weights, X, Y)
     hs = [np.tile(net.weights["init:h"], (3, 1))] + hs
     if seed_at.startswith("net"):
         dz = seed_copy

@@ -24,7 +24,7 @@ from tinygraph.autodiff import compile_plan, run_forward
 from tinygraph.plan import BATCH, BATCH_SUM, ROWS, RowOut, SlopeRow
 from tinygraph.rowbuffers import RowIndex, runs, stacked_view
 
-from shared import tanh_rnn
+from shared import tanh_rnn, tanh_rnn_bptt
 
 # ============================================================ 1. RowIndex, runs, stacked_view
 
@@ -605,31 +605,6 @@ def _rnn(T=6, B=3, I=2, H=4, seed=0):
     return net, X, Y
 
 
-def _rnn_bptt(p, X, Y):
-    """Loss, states h_1..h_T, weight gradients and dE/dx_t of the tanh RNN, in numpy."""
-    T, B, _ = X.shape
-    Wxh, Whh, bh, Why, by = p["x->h"], p["h->h"], p["bias:h"], p["h->y"], p["bias:y"]
-    hs = [np.broadcast_to(p["init:h"], (B, Whh.shape[0]))]
-    for t in range(T):
-        hs.append(np.tanh(X[t] @ Wxh + hs[-1] @ Whh + bh))
-    rs = [hs[t + 1] @ Why + by - Y[t] for t in range(T)]
-    loss = sum(0.5 * np.sum(r * r) for r in rs)
-    d = {k: np.zeros_like(v) for k, v in p.items()}
-    dX = np.zeros_like(X)
-    carry = np.zeros_like(hs[0])
-    for t in range(T - 1, -1, -1):
-        d["h->y"] += hs[t + 1].T @ rs[t]
-        d["bias:y"] += rs[t].sum(0)
-        dz = (rs[t] @ Why.T + carry) * (1 - hs[t + 1] ** 2)
-        d["x->h"] += X[t].T @ dz
-        d["h->h"] += hs[t].T @ dz
-        d["bias:h"] += dz.sum(0)
-        dX[t] = dz @ Wxh.T
-        carry = dz @ Whh.T
-    d["init:h"] = carry.sum(0)
-    return loss, hs[1:], d, dX
-
-
 def _rnn_run(T=6):
     net, X, Y = _rnn(T)
     ff = net.unroll(T)
@@ -664,7 +639,7 @@ def test_rnn_run_feeds_records_stacked_and_reads_them_in_place():
     hs = [acts[g[f"h@t{t}"]] for t in range(1, T + 1)]
     assert all(h.base is hs[0].base is not None for h in hs)
     # against hand BPTT
-    ref_loss, rhs, rgrads, dX = _rnn_bptt(net.weights, X, Y)
+    ref_loss, rhs, rgrads, dX, _ = tanh_rnn_bptt(net.weights, X, Y)
     np.testing.assert_allclose(out.loss, ref_loss, rtol=1e-12)
     for t in range(T):
         np.testing.assert_allclose(hs[t], rhs[t], rtol=1e-12, atol=1e-15)
@@ -727,7 +702,7 @@ def test_rnn_loss_is_a_batch_sum():
     np.testing.assert_allclose(float(acts[em.loss]), sum(float(acts[g.nodes[m]]) for m in members), rtol=1e-13)
     grads = acts.backward(em.loss, seed=2.5)
     assert [float(grads[g.nodes[m]]) for m in members] == [2.5] * T
-    _, _, rgrads, _ = _rnn_bptt(net.weights, X, Y)
+    _, _, rgrads, _, _ = tanh_rnn_bptt(net.weights, X, Y)
     con = grads.constrained()
     for k, copies in em.copies.items():
         np.testing.assert_allclose(con[copies[0]], 2.5 * rgrads[k], rtol=1e-12, atol=1e-14, err_msg=k)
@@ -807,7 +782,7 @@ def test_check_gradients_accepts_a_non_contiguous_feed():
 def test_float32_rnn_keeps_its_rows_in_float32():
     T = 6
     net, X, Y = _rnn(T)
-    ref_loss, rhs, rgrads, dX = _rnn_bptt({k: v.copy() for k, v in net.weights.items()}, X, Y)
+    ref_loss, rhs, rgrads, dX, _ = tanh_rnn_bptt({k: v.copy() for k, v in net.weights.items()}, X, Y)
     for k in list(net.weights):
         net.weights[k] = net.weights[k].astype(np.float32)  # before unroll: the copies use these
     X32, Y32 = X.astype(np.float32), Y.astype(np.float32)
