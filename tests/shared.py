@@ -48,17 +48,20 @@ def tanh_rnn_bptt(weights, X, Y):
     return loss, hs[1:], d, dX, shares
 
 
+def central_difference(loss_fn, arr, index, eps=1e-6):
+    """dloss/darr[index] by central differences, perturbing the array in place (written out
+    here, independent of tinygraph.check)."""
+    old = arr[index]
+    arr[index] = old + eps
+    up = loss_fn()
+    arr[index] = old - eps
+    down = loss_fn()
+    arr[index] = old
+    return (up - down) / (2 * eps)
+
+
 def shared_fd(g, loss, feeds, arr, eps=1e-6):
-    """d loss / d(one shared array) by central differences: perturbs every tied copy at once
-    (written out here, independent of tinygraph.check)."""
-    out = np.empty(arr.size)
-    for i in range(arr.size):
-        pos = np.unravel_index(i, arr.shape)
-        old = arr[pos]
-        arr[pos] = old + eps
-        up = float(g.forward(feeds, outputs=[loss])[loss])
-        arr[pos] = old - eps
-        down = float(g.forward(feeds, outputs=[loss])[loss])
-        arr[pos] = old
-        out[i] = (up - down) / (2 * eps)
-    return out.reshape(arr.shape)
+    """d loss / d(one shared array) by central differences: perturbs every tied copy at once."""
+    def loss_fn():
+        return float(g.forward(feeds, outputs=[loss])[loss])
+    return np.array([central_difference(loss_fn, arr, pos, eps) for pos in np.ndindex(arr.shape)]).reshape(arr.shape)

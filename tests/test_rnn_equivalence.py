@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 import rnn
 from tinygraph.check import relative_error
 
+from shared import central_difference
+
 TOL_BPTT = 1e-10
 TOL_FD = 1e-6
 ACTIVATIONS = ("logistic", "tanh", "linear", "relu", "softmax")
@@ -39,17 +41,6 @@ SETTINGS = dict(max_examples=_STRESS or 25, derandomize=not _STRESS, deadline=No
 
 
 # ----------------------------------------------------------------------------- helpers
-def central_difference(loss_fn, arr, index, eps=1e-6):
-    """dloss/darr[index] by central differences, perturbing the array in place."""
-    old = arr[index]
-    arr[index] = old + eps
-    up = loss_fn()
-    arr[index] = old - eps
-    down = loss_fn()
-    arr[index] = old
-    return (up - down) / (2 * eps)
-
-
 def fd_floor(loss):
     """The scale below which central differences cannot resolve a derivative to TOL_FD.
 
