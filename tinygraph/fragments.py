@@ -107,24 +107,26 @@ class Fragment:
                     row.extend(fwd[2])
                 row.extend(v.k for _, v, _ in vjps if type(v) is SlopeRow)
             self.rows.append(tuple(row))
-        # the generated code depends only on the shape of the fragment (kinds, arities), not
-        # on which functions or groups it calls: those are passed in, so the cache stays small
         # per statement and input: does that input feed nothing else in every repetition? Then
         # its gradient has no other source and is still None when this statement reaches it
         sole = tuple(tuple(all(uses.get(st[3][p]) == 1 for st in steps[m::period]) for p in range(len(step[3])))
                      for m, step in enumerate(self.proto))
+        self.chain = Chain.find(steps, period, uses)
+        # after a lean forward the products feeding each sum are not stored: their gradient
+        # entry skips the shape test (the chain checked the shapes)
+        lean = None if self.chain is None else (0, self.chain.live_pos)
+        # the generated code depends only on the shape of the fragment (kinds, arities), not
+        # on which functions or groups it calls: those are passed in, so the cache stays small
         key = (tuple((head[0], head[2] if head[0] == "presum" else None, arity, tuple(e[0] for e in entries))
                      for head, arity, entries in map(_signature, self.proto)), sole)
-        self.chain = Chain.find(steps, period, uses)
         if key not in _CODE:
             _CODE[key] = _generate(self.proto, sole)
         self.forward, self.backward = _CODE[key]
         self.backward_lean = None
-        if self.chain is not None:  # after a lean forward the products feeding each sum are not stored:
-            lean = (key, "lean")    # their gradient entry skips the shape test (the chain checked shapes)
-            if lean not in _CODE:
-                _CODE[lean] = _generate(self.proto, sole, lean=(0, self.chain.live_pos))
-            self.backward_lean = _CODE[lean][1]
+        if lean is not None:
+            if (key, lean) not in _CODE:  # (which entry skips the test is part of the code's shape)
+                _CODE[(key, lean)] = _generate(self.proto, sole, lean=lean)
+            self.backward_lean = _CODE[(key, lean)][1]
         # the callables the generated code calls: forward functions and VJPs, per statement
         self.F = tuple(None if kind == PRESUM else fwd.ufunc if type(fwd) is RowOut else fwd
                        for kind, _, fwd, _, _ in self.proto)
