@@ -151,7 +151,7 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
             values[node.index] = fed[node.index]
     if check_finite:
-        for index, _ in plan.sources:
+        for index in plan.source_indices:
             _check_value(nodes[index], values)
         for node in plan.inputs:
             _check_value(node, values)
@@ -336,10 +336,8 @@ class Activations:
         values = self._values
         if how[0] == "dot":
             return np.dot(values[how[1]], values[how[2]])
-        _, member, sources, live = how
-        total = self.value(member)
-        for j in sources:
-            total = total + values[j]
+        _, group, member, live = how
+        total = group.plus_sources(self.value(member), values)
         x = values[live]
         if x is None:  # a product not kept either (its inputs are)
             x = values[live] = self._remake(live)

@@ -158,8 +158,7 @@ class Chain:
             return None
         live_pos = ia.index(fa[2][0])
         group = fa[0]
-        src_pos = tuple(p for p, j in enumerate(ia) if j in group.sources)
-        rest = [p for p in range(len(ia)) if p != live_pos and p not in src_pos]
+        rest = [p for p, j in enumerate(ia) if p != live_pos and j not in group.sources]
         if len(rest) != 1:
             return None
         member_pos = rest[0]
@@ -182,7 +181,7 @@ class Chain:
         # fragment made it, ((member + sources...) + live); the product as np.dot
         ch.recompute = {}
         for a, _, c in reps:
-            ch.recompute[a[1]] = ("sum", a[3][member_pos], tuple(a[3][p] for p in src_pos), a[3][live_pos])
+            ch.recompute[a[1]] = ("sum", group, a[3][member_pos], a[3][live_pos])
         for _, _, c in reps[:-1]:
             ch.recompute[c[1]] = ("dot",) + tuple(c[3])
         return ch

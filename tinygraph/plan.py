@@ -301,7 +301,7 @@ class Plan:
                     lazy[src[0]] = False
         for b in batches:
             b.lazy = lazy[b.id]
-        for b in batches:  # "stack" operands of distinct nodes none of which is a tied param
+            # "stack" operands of distinct nodes none of which is a tied param
             b.untied_stack = tuple(kind == "stack" and len(set(ref)) == len(ref) and not any(j in self.tied for j in ref)
                                    for kind, ref in b.inputs)
         steps = []
@@ -309,9 +309,8 @@ class Plan:
             units = [("n", i) for i in needed]
         # sources are filled before the run; only computing nodes become steps, each with
         # its forward and its VJPs bound to the node's attributes (no lookups while running)
-        self.sources = [(n.index, n) for n in self.order if n.op in ("param", "const")]
-        self.source_indices = [i for i, _ in self.sources]
-        self.source_nodes = [n for _, n in self.sources]
+        self.source_nodes = [n for n in self.order if n.op in ("param", "const")]
+        self.source_indices = [n.index for n in self.source_nodes]
         for kind, ref in units:
             if kind == "b":
                 steps.append((BATCH, self.batches[ref]))
@@ -387,11 +386,15 @@ class PreSum:
         if self.batch not in bstore:
             return None
         total = bstore[self.batch][0]
+        if any(np.ndim(values[j]) >= total.ndim for j in self.sources):
+            return None
+        return self.plus_sources(total, values)
+
+    def plus_sources(self, total, values):
+        """total + each source in turn: the one order of this sum (stacked members in a run,
+        one member when Activations remakes a lean chain's sum)."""
         for j in self.sources:
-            v = values[j]
-            if np.ndim(v) >= total.ndim:
-                return None
-            total = total + v
+            total = total + values[j]
         return total
 
 
