@@ -95,10 +95,11 @@ def _values(values, n_steps, n_units, where, integer=False):
                         f"got {arr.shape}")
     # a finite sum means every value is finite (NaN and infinity carry into it): one pass, no
     # temporary; only a sum that overflowed or is not finite needs the element-wise test
-    if not integer:
-        with np.errstate(over="ignore", invalid="ignore"):
-            total = np.add.reduce(arr, axis=None)
-    if not integer and not np.isfinite(total) and not np.all(np.isfinite(arr)):
+    if integer:
+        return arr
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(arr, axis=None)
+    if not np.isfinite(total) and not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(f"{where}: values hold NaN or infinity (first at index {tuple(int(i) for i in bad)})")
     return arr

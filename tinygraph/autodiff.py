@@ -587,19 +587,12 @@ def _sum_outer(As, Gs, rows=None):
     consecutive rows of row buffers the product reads them in place; the rest is stacked
     in chunks, which bounds the extra memory."""
     As, Gs = As[::-1], Gs[::-1]  # backward collected them last step first
-    cuts = {0, len(As)}
-    if rows is not None:
-        viewed = [dict(((lo, hi), v) for lo, hi, v in runs(x, rows) if v is not None) for x in (As, Gs)]
-        for spans in viewed:
-            for lo, hi in spans:
-                cuts.update((lo, hi))
-    else:
-        viewed = ({}, {})
-    cuts = sorted(cuts)
+    pa, pg = ((runs(x, rows) if rows is not None else [(0, len(x), None)]) for x in (As, Gs))
+    cuts = sorted({c for lo, hi, _ in pa + pg for c in (lo, hi)})
     total = None
     per = max(1, OUTER_CHUNK // max(1, As[0].size + Gs[0].size))
     for lo, hi in zip(cuts, cuts[1:]):
-        va, vg = _rows_of(As, lo, hi, viewed[0]), _rows_of(Gs, lo, hi, viewed[1])
+        va, vg = _view_of(pa, lo, hi), _view_of(pg, lo, hi)
         step = hi - lo if va is not None and vg is not None else per  # what is copied goes in chunks
         for c in range(lo, hi, step):
             e = min(hi, c + step)
@@ -610,11 +603,11 @@ def _sum_outer(As, Gs, rows=None):
     return total
 
 
-def _rows_of(arrs, lo, hi, spans):
-    """arrs[lo:hi] as a view of a row buffer when a registered run covers them, else None."""
-    for (s, e), v in spans.items():
+def _view_of(pieces, lo, hi):
+    """Items [lo, hi) as a view of a row buffer when one piece of ``runs`` holds them, else None."""
+    for s, e, v in pieces:
         if s <= lo and hi <= e:
-            return v[lo - s:hi - s]
+            return None if v is None else v[lo - s:hi - s]
     return None
 
 
