@@ -189,12 +189,13 @@ def _lean_and_plain(T, B, dtype, H=4, I=2, seed=0):
 
 
 def _driven(T=6, B=3, H=3, I=2, act="tanh", weights="tied", extra=None, h0_rows=None, dtype=np.float64,
-            w_dtype=None, seed=0, wscale=1 / 3):
+            w_dtype=None, seed=0, wscale=1 / 3, every_state=False):
     """h_t = act(add_n(x_t @ U_t, h_{t-1} @ W_t, b_t)), loss = squared error of h_T (plus
     0.1 * sum(e * e) of ``extra``: the node "net@t3", "rec@t3", "h@t3" or, "last", the last
     product of the chain).  U and b copies tied, sharing one array.  ``weights``: "tied" (W
     copies share one array), "separate" (each copy its own equal array, tied), "single" (one
-    W param node read by every step).  ``h0_rows``: rows of h0 when not B."""
+    W param node read by every step).  ``h0_rows``: rows of h0 when not B.  ``every_state``:
+    the loss also has 0.1 * sum(h_t * h_t) of every state before the last."""
     rng = np.random.default_rng(seed)
     U = (rng.standard_normal((I, H)) / 2).astype(dtype)
     W = (wscale * rng.standard_normal((H, H))).astype(w_dtype or dtype)
@@ -225,6 +226,8 @@ def _driven(T=6, B=3, H=3, I=2, act="tanh", weights="tied", extra=None, h0_rows=
         extras.append(g[f"rec@t{T}"])
     elif extra is not None:
         extras.append(g[extra])
+    if every_state:
+        extras += [g[f"h@t{t}"] for t in range(1, T)]
     terms = [tg.squared_error(h, g.input("target", (None, H)))] + [0.1 * tg.sum(e * e) for e in extras]
     loss = tg.add_n(terms, name="loss")
     return g, copies, loss, feeds, {"U": U, "W": W, "b": b}
@@ -644,3 +647,128 @@ def test_lean_equals_plain_for_random_shapes(T, B, H, I, dtype, seed):
             f"in[h->h]@t{t}")
     _assert_same_runs(lean, plain)
     _assert_matches_bptt(lean, net, X, Y, _tol(dtype) * (10 if dtype == np.float32 else 1))
+
+
+# ============================================================ 8. the chain's own backward loop (Chain.backward_lean)
+
+
+@contextmanager
+def chain_backward(min_steps=1):
+    """Chain.backward_lean allowed from ``min_steps`` on; yields what each call returned."""
+    calls = []
+    real = Chain.backward_lean
+
+    def spy(self, *args, **kwargs):
+        got = real(self, *args, **kwargs)
+        calls.append(got)
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Chain, "MIN_STEPS_LEAN_BACKWARD", min_steps)
+        mp.setattr(Chain, "backward_lean", spy)
+        yield calls
+
+
+@contextmanager
+def chain_backward_refused():
+    """Chain.backward_lean never applies: the generated loop does the lean backward."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Chain, "backward_lean", lambda self, *args, **kwargs: False)
+        yield
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("T,B,H", [(5, 3, 4), (12, 1, 1), (30, 4, 6)])
+def test_chain_backward_equals_the_generated_loop_and_the_plain_run_bitwise(dtype, T, B, H):
+    net, X, Y = _net(T, B, H=H, dtype=dtype, seed=T)
+    ff = net.unroll(T)
+    with chain_backward() as calls:
+        fast = _run(ff, X, Y)
+    assert calls == [True]
+    with chain_backward_refused():
+        generated = _run(ff, X, Y)
+    with lean_disabled():
+        plain = _run(ff, X, Y)
+    _assert_same_runs(fast, generated)
+    _assert_same_runs(fast, plain)
+    _assert_matches_bptt(fast, net, X, Y, _tol(dtype))
+
+
+def test_chain_backward_runs_by_default_on_long_chains_only():
+    short, long_ = Chain.MIN_STEPS_LEAN_BACKWARD - 1, Chain.MIN_STEPS_LEAN_BACKWARD + 1
+    for T, expect in ((short + 1, False), (long_ + 1, True)):  # T steps: a chain of T - 1
+        net, X, Y = _net(T, 2, H=3, seed=1)
+        ff = net.unroll(T)
+        with chain_backward(Chain.MIN_STEPS_LEAN_BACKWARD) as calls:
+            out = _run(ff, X, Y)
+        assert calls == [expect]
+        if expect:
+            with chain_backward_refused():
+                _assert_same_grads(out.grads, _run(ff, X, Y).grads)
+
+
+@pytest.mark.parametrize("steps", ["final", ("last", 3)])
+def test_chain_backward_leaves_states_without_gradients_to_the_generated_loop(steps):
+    # targets at the last steps only: most states get their gradient from the recurrence alone
+    T = 10
+    net, X, Y = _net(T, 3)
+    ff = net.unroll(T)
+    Yk = Y[-1:] if steps == "final" else Y[-3:]
+    with chain_backward() as calls:
+        fast = ff.run([rnn.Clamp("x", X)], [rnn.Target("y", Yk, steps=steps)])
+    assert calls == [False]
+    with lean_disabled():
+        plain = ff.run([rnn.Clamp("x", X)], [rnn.Target("y", Yk, steps=steps)])
+    _assert_same_runs(fast, plain)
+
+
+@pytest.mark.parametrize("seed_at,runs", [("net[h]@t3", [False]), ("h@t5", [False]), ("y@t6", [True])])
+def test_chain_backward_from_an_intermediate_node_matches_the_plain_run(seed_at, runs):
+    # net[h]@t3: no gradient reaches the fragment's last product; h@t5: states after it get none; y@t6: its batch hands every state a
+    # gradient row (zeros after step 6), so the chain's loop applies
+    T = 9
+    net, X, Y = _net(T, 3)
+    ff = net.unroll(T)
+    out = _run(ff, X, Y, backward=False)
+    with lean_disabled():
+        pout = _run(ff, X, Y, backward=False)
+    node = out.graph[seed_at]
+    seed = np.random.default_rng(3).standard_normal(np.shape(out.acts[node]))
+    with chain_backward() as calls:
+        gl = out.acts.backward(node, seed=seed.copy())
+    assert calls == runs
+    _assert_same_grads(gl, pout.acts.backward(node, seed=seed.copy()))
+
+
+@pytest.mark.parametrize("every_state", [True, False])
+@pytest.mark.parametrize("extra", [None, "h@t3", "last"])
+def test_chain_backward_on_a_hand_built_chain(extra, every_state):
+    # with a loss term on every state, each state's gradient is a row this sweep owns and the
+    # chain's loop applies; with the loss on the last state only, they come from the recurrence
+    T = 8
+    g, copies, loss, feeds, arrays = _driven(T, B=2, H=3, extra=extra, seed=5, every_state=every_state)
+    with chain_backward() as calls:
+        acts, grads, pacts, pgrads, lean_calls = _graph_lean_and_plain(g, loss, feeds)
+    assert lean_calls == [True]
+    assert calls == [every_state]
+    _assert_same_acts(acts, pacts)
+    _assert_same_grads(grads, pgrads)
+    con = grads.constrained()
+    for k in "UWb":
+        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
+                                   rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+def test_chain_backward_repeated_sweeps_do_not_write_into_earlier_ones():
+    T = 12
+    net, X, Y = _net(T, 3, seed=2)
+    ff = net.unroll(T)
+    out = _run(ff, X, Y, backward=False)
+    with chain_backward() as calls:
+        first = out.acts.backward(out.emitted.loss)
+        kept = {n.index: np.array(first[n]) for n in out.acts.plan.order}
+        second = out.acts.backward(out.emitted.loss)
+    assert calls == [True, True]
+    for i, v in kept.items():
+        _eq(first[out.graph.nodes[i]], v, out.graph.nodes[i].name)
+    _assert_same_grads(first, second)

@@ -553,9 +553,12 @@ def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, ac
                        for _, v, _ in vjps))
         O.append(tuple(outer.setdefault(id(t), ([], [])) if v is TIED_OUTER else (None, None)
                        for _, v, t in vjps))
-    backward = frag.backward_lean if bstore.get(frag) else frag.backward
-    backward(values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
-             np.dot, np.ascontiguousarray, np.multiply, np.ndarray, np.empty_like)
+    lean = bstore.get(frag)
+    if lean and frag.chain.backward_lean(values, grads, owned, S[1][0], O[2][1], transposed):
+        return
+    (frag.backward_lean if lean else frag.backward)(
+        values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
+        np.dot, np.ascontiguousarray, np.multiply, np.ndarray, np.empty_like)
 
 
 _NO_SLOPES = (None, None, False, None)
