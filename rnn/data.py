@@ -6,9 +6,11 @@ Steps are numbered 0..T, layer 0 holding the initial states.  ``steps`` may be
 (n_steps, batch, n_units); a single step also accepts (batch, n_units).
 """
 
+import math
+
 import numpy as np
 
-from .net import NetError
+from .net import NetError, RecurrentNet
 
 
 class DataError(NetError):
@@ -82,7 +84,7 @@ def resolve_units(units, size, where):
 def _values(values, n_steps, n_units, where, integer=False):
     try:
         arr = np.asarray(values, dtype=np.int64) if integer else np.asarray(values)
-        if not integer and not np.issubdtype(arr.dtype, np.floating):
+        if not integer and arr.dtype.kind != "f":
             arr = arr.astype(np.float64)  # a float dtype the user chose (float32) is kept
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: values must be numeric arrays ({exc})") from None
@@ -99,7 +101,7 @@ def _values(values, n_steps, n_units, where, integer=False):
         return arr
     with np.errstate(over="ignore", invalid="ignore"):
         total = np.add.reduce(arr, axis=None)
-    if not np.isfinite(total) and not np.all(np.isfinite(arr)):
+    if not math.isfinite(total) and not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(f"{where}: values hold NaN or infinity (first at index {tuple(int(i) for i in bad)})")
     return arr
@@ -195,7 +197,6 @@ def resolve_all(net, T, inputs, targets, check_overlaps=True):
     """
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
         raise DataError(f"steps must be an int >= 1, got {T!r}")
-    from .net import RecurrentNet
     if not isinstance(net, RecurrentNet):
         raise DataError(f"the first argument must be a net (rnn.RecurrentNet), got {type(net).__name__} {net!r}")
     if isinstance(inputs, (Clamp, Target)) or isinstance(targets, (Clamp, Target)):

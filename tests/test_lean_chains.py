@@ -79,7 +79,8 @@ def _assert_ran_lean(acts):
         assert acts._values[ch.products[-1]] is not None  # the last product feeds steps outside: kept
         assert not none & set(ch.states)
     rest = none - set(acts.plan.recompute)
-    assert all(i in acts.plan.member_of for i in rest)  # only lazy batch members besides
+    # besides, only lazy batch members and inputs fed whole to one batch (rows made when asked)
+    assert all(i in acts.plan.member_of or i in acts.plan.fed_rows for i in rest)
 
 
 def _assert_ran_full(acts):

@@ -632,9 +632,12 @@ def test_rnn_run_feeds_records_stacked_and_reads_them_in_place():
     bid = acts.plan.member_of[g["in[x->h]@t1"].index][0]
     assert acts.plan.batches[bid].inputs[0] == ("stack", list(xs))
     operand = acts._bstore[bid][1][0]
-    assert np.shares_memory(operand, X) and operand.base is X
-    for t in range(1, T + 1):  # and every x@t's value is row t-1 of it
+    assert operand is X
+    # nothing else reads the x@t: their values are made when asked, as rows of X
+    assert all(acts._values[i] is None for i in xs)
+    for t in range(1, T + 1):
         assert acts[g[f"x@t{t}"]].base is X
+        np.testing.assert_array_equal(acts[g[f"x@t{t}"]], X[t - 1])
     # the states are rows of one buffer
     hs = [acts[g[f"h@t{t}"]] for t in range(1, T + 1)]
     assert all(h.base is hs[0].base is not None for h in hs)
@@ -665,6 +668,44 @@ def test_per_node_feeds_give_identical_results():
     stacked, plain = out.grads.constrained(), grads.constrained()
     for p in g.params:
         np.testing.assert_array_equal(plain[p], stacked[p], err_msg=p.name)
+
+
+def test_a_batch_that_runs_member_by_member_reads_the_rows_of_its_fed_array(monkeypatch):
+    # the batch of input projections is the only reader of the x@t, fed as one array; when
+    # it cannot run stacked (here: refused), its members run one by one on X's rows
+    T = 6
+    net, X, Y, ff, out = _rnn_run(T)
+    g = out.graph
+    xs = [g[f"x@t{t}"].index for t in range(1, T + 1)]
+    bid = out.acts.plan.member_of[g["in[x->h]@t1"].index][0]
+    real = AD._forward_batch
+    monkeypatch.setattr(AD, "_forward_batch", lambda b, *a, **k: False if b.id == bid else real(b, *a, **k))
+    alone = ff.run([rnn.Clamp("x", X)], [rnn.Target("y", Y, steps="all")])
+    assert bid not in alone.acts._bstore
+    assert all(alone.acts._values[i].base is X for i in xs)  # stored before the members ran
+    for n, v in out.acts.items():  # (one product per step instead of one for all: rounding only)
+        np.testing.assert_allclose(alone.acts[n], v, rtol=1e-13, atol=1e-15, err_msg=n.name)
+    for n in g.nodes:
+        if out.grads.reached(n):
+            np.testing.assert_allclose(alone.grads[n], out.grads[n], rtol=1e-12, atol=1e-14, err_msg=n.name)
+
+
+def test_check_finite_runs_store_the_inputs_fed_whole_at_once():
+    T = 5
+    net, X, Y, ff, out = _rnn_run(T)
+    g = out.graph
+    xs = [g[f"x@t{t}"].index for t in range(1, T + 1)]
+    assert all(out.acts._values[i] is None for i in xs)  # the fast run: made when asked
+    checked = ff.run([rnn.Clamp("x", X)], [rnn.Target("y", Y, steps="all")], check_finite=True)
+    assert all(checked.acts._values[i] is not None and checked.acts._values[i].base is X for i in xs)
+    for t in range(1, T + 1):
+        np.testing.assert_array_equal(checked.grads[g[f"x@t{t}"]], out.grads[g[f"x@t{t}"]])
+    bad = X.copy()
+    bad[2, 1, 0] = np.nan  # (the data layer refuses it first; the graph check names the node)
+    fd = out.emitted.feed_dict(*rnn.data.resolve_all(net, T, [rnn.Clamp("x", X)], [rnn.Target("y", Y, steps="all")]))
+    fd[tuple(xs)] = bad
+    with pytest.raises(tg.NonFiniteError, match=re.escape("x@t3")):
+        run_forward(g, fd, check_finite=True, trusted=True)
 
 
 def test_trusted_feeds_name_a_missing_input():
@@ -792,7 +833,7 @@ def test_float32_rnn_keeps_its_rows_in_float32():
     assert hs[0].base is not None and hs[0].base.dtype == np.float32
     assert all(h.base is hs[0].base for h in hs)
     bid = acts.plan.member_of[g["in[x->h]@t1"].index][0]
-    assert acts._bstore[bid][1][0].base is X32
+    assert acts._bstore[bid][1][0] is X32  # read as fed, no copy
     dpre = [out.grads[g[f"net[h]@t{t}"]] for t in range(1, T + 1)]
     assert all(d.dtype == np.float32 for d in dpre)
     assert dpre[0].base is not None and all(d.base is dpre[0].base for d in dpre)  # the products' rows

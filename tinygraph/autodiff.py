@@ -9,7 +9,7 @@ every node the loss depends on (parameters, inputs and intermediates alike).
 from collections import deque
 from functools import partial
 from itertools import product, repeat
-from operator import attrgetter, is_, is_not
+from operator import attrgetter, is_
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from . import ops as _ops
 from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import (BATCH, BATCH_SUM, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
+from .plan import (BATCH, BATCH_SUM, FED, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
                    stack_rows)
 from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
@@ -79,17 +79,43 @@ def _resolve_feeds(graph, plan, feeds):
     return resolved
 
 
-def _trusted_feeds(graph, plan, feeds, values, rows):
+def _trusted_feeds(graph, plan, feeds, values, bstore, eager=False):
+    """Store trusted feeds.  An array fed whole for exactly the inputs of one batch operand
+    that alone reads them (Plan.fed_stacks) is kept as it is, for the batch to read; their
+    rows are made when asked (Activations.value).  Other arrays fed whole are adopted as row
+    buffers; ``eager`` (check_finite runs) adopts every one."""
     size = len(values)
+    stacks = {}
+    waiting = 0  # inputs whose values wait in ``stacks``
     for key, value in feeds.items():
         if type(key) is tuple:
-            if key and max(key) < size:
-                deque(map(values.__setitem__, key, rows.adopt(value)), 0)
+            if not key or max(key) >= size:
+                continue
+            slot = None if eager or len(value) != len(key) else plan.fed_stacks.get(key)
+            if slot is None:
+                deque(map(values.__setitem__, key, bstore[ROWS].adopt(value)), 0)
+            elif slot not in stacks:
+                stacks[slot] = value
+                waiting += len(key)
         elif key.index < size:
             values[key.index] = value
-    if not all(map(is_not, map(values.__getitem__, plan.input_indices), repeat(None))):  # (one pass in C)
-        missing = [n.name for n in plan.inputs if values[n.index] is None]
+    if stacks:
+        bstore[FED] = stacks
+    if sum(map(is_, map(values.__getitem__, plan.input_indices), repeat(None))) != waiting:  # (in C)
+        missing = [n.name for n in plan.inputs if values[n.index] is None and
+                   plan.fed_rows.get(n.index, (None,))[0] not in stacks]
         raise FeedError(f"missing feeds for inputs {missing[:5]} of graph '{graph.name}'")
+
+
+def _fed_rows_now(b, values, bstore):
+    """The rows of the arrays fed whole for batch b's operands, stored as the inputs' values
+    (before b's members run one by one, which read them)."""
+    stacks = bstore.get(FED)
+    if stacks:
+        for pos, (_, ref) in enumerate(b.inputs):
+            arr = stacks.get((b.id, pos))
+            if arr is not None:
+                deque(map(values.__setitem__, ref, arr), 0)
 
 
 def _check_feed(node, value):
@@ -145,7 +171,7 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
     nodes = graph.nodes
     deque(map(values.__setitem__, plan.source_indices, map(attrgetter("value"), plan.source_nodes)), 0)
     if trusted:
-        _trusted_feeds(graph, plan, feeds, values, bstore[ROWS])
+        _trusted_feeds(graph, plan, feeds, values, bstore, eager=check_finite)
     else:
         fed = _resolve_feeds(graph, plan, feeds)
         for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
@@ -166,6 +192,7 @@ def _run_steps(steps, values, bstore, presums, nodes, check_finite):
         if step[0] == BATCH:
             b = step[1]
             if not _forward_batch(b, values, bstore, check_finite):
+                _fed_rows_now(b, values, bstore)
                 for m in b.members:  # runtime shapes differ: run the members one by one
                     _forward_single(nodes[m], values)
             if check_finite:
@@ -261,7 +288,8 @@ def _batch_args(b, values, bstore):
     """The stacked operands of a batch, or None when the members' runtime shapes differ."""
     lifted = b.kind == "elementwise" or (b.kind == "dedicated" and b.op.batch[1])
     args = []
-    for kind, ref in b.inputs:
+    stacks = bstore.get(FED)
+    for pos, (kind, ref) in enumerate(b.inputs):
         if kind == "shared":
             a = np.asarray(values[ref])
             stacked = False
@@ -275,12 +303,14 @@ def _batch_args(b, values, bstore):
                 return None
             stacked = True
         else:
-            vals = [values[j] for j in ref]
-            a = stacked_view(vals, bstore.get(ROWS))  # (no copy when they are rows of one buffer)
+            a = stacks.get((b.id, pos)) if stacks else None  # fed whole (_trusted_feeds)
             if a is None:
-                a = stack_rows(vals)
+                vals = [values[j] for j in ref]
+                a = stacked_view(vals, bstore.get(ROWS))  # (no copy when they are rows of one buffer)
                 if a is None:
-                    return None
+                    a = stack_rows(vals)
+                    if a is None:
+                        return None
             stacked = True
         args.append(lift(a, b.rank, stacked) if lifted else a)
     return args
@@ -316,8 +346,9 @@ class Activations:
 
     def value(self, i):
         """The value of node index i, or None when it was not computed.  Members of a batch
-        that only other batches read (plan.Batch.lazy) get their row view here, when asked;
-        the sums and products a lean chain did not keep (fragments.Chain) are made again."""
+        that only other batches read (plan.Batch.lazy) get their row view here, when asked,
+        and so do inputs fed whole to one batch (_trusted_feeds); the sums and products a
+        lean chain did not keep (fragments.Chain) are made again."""
         v = self._values[i] if i < len(self._values) else None
         if v is None:
             mb = self.plan.member_of.get(i)
@@ -326,6 +357,11 @@ class Activations:
                 v = self._values[i] = out[mb[1]] if out.ndim > 1 else out[mb[1], ...]
             elif i in self.plan.recompute:
                 v = self._values[i] = self._remake(i)
+            else:
+                fr = self.plan.fed_rows.get(i)
+                arr = None if fr is None else self._bstore.get(FED, {}).get(fr[0])
+                if arr is not None:  # an input fed whole with others (_trusted_feeds): its row
+                    v = self._values[i] = arr[fr[1]]
         return v
 
     def _remake(self, i):
@@ -353,6 +389,10 @@ class Activations:
 
     def __getitem__(self, key):
         return self._values[self._node(key).index]
+
+    def computed(self, node):
+        """``node in self`` for a Node, without the name lookup and error of ``__contains__``."""
+        return node.graph is self.graph and self.value(node.index) is not None
 
     def __contains__(self, key):
         try:
@@ -680,7 +720,9 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
     for pos, (kind, ref) in enumerate(b.inputs):
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
-            deferred = _Deferred(b, pos, G, out, args, np.shape(values[ref[0]]))
+            first = values[ref[0]]
+            deferred = _Deferred(b, pos, G, out, args,
+                                 np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:])
             if b.fed_alone[pos]:
                 lazy[(b.id, pos)] = deferred  # input k's gradient: row k (plan.fed_rows)
                 continue

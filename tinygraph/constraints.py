@@ -466,7 +466,8 @@ class ConstraintSet:
     # ------------------------------------------------------------ applying
     def raw_variable_grad(self, variable, grads):
         """The unconstrained gradient of one variable: sum or mean over its members."""
-        if variable.tie is not None and hasattr(grads, "tied_sum") and variable.tie.members[0] in grads.acts:
+        first = variable.tie.members[0] if variable.tie is not None else None
+        if first is not None and hasattr(grads, "tied_sum") and grads.acts.computed(first):
             total = grads.tied_sum(variable.tie)
             return total / len(variable.members) if variable.reduce == "mean" else total
         return reduce_member_grads(variable, [grads[m] for m in variable.members])

@@ -28,6 +28,7 @@ SINGLE, BATCH, PRESUM, BATCH_SUM = 0, 1, 2, 4  # (3 is fragments.FRAGMENT)
 MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
+FED = "fed"  # the key of a run's {(batch id, operand position): array fed whole} (Plan.fed_stacks)
 NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its run has no buffer
 
 
@@ -337,7 +338,11 @@ class Plan:
             steps.append((SINGLE, ref, fwd, in_idx, vjps))
         # fed inputs that one batch operand alone consumes: their gradients are rows of that
         # operand's deferred gradient, found through here (no per-input bookkeeping per run)
+        # fed_stacks: such an operand's inputs (distinct, in its order) -> (batch id, position):
+        # a trusted run given them as one array (a tuple key) lets the batch read that array
+        # and makes an input's own row only when asked (Activations.value)
         self.fed_rows = {}
+        self.fed_stacks = {}
         for b in batches:
             b.fed_alone = tuple(fed and all(uses.get(j) == 1 for j in ref)
                                 for fed, (_, ref) in zip(b.fed, b.inputs))
@@ -345,6 +350,8 @@ class Plan:
                 if b.fed_alone[pos]:
                     for k, j in enumerate(ref):
                         self.fed_rows[j] = ((b.id, pos), k)
+                    if len(set(ref)) == len(ref):
+                        self.fed_stacks[tuple(ref)] = (b.id, pos)
         self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
                                    self.batches, self.tied, uses)
         from .fragments import FRAGMENT, find_fragments  # (fragments.py builds on this module's step kinds)
