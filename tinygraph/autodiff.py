@@ -587,21 +587,17 @@ def backward_pass(acts, loss, seed, check_finite=False):
 
 def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, accumulate, bstore, rows):
     """A repeated fragment's generated backward loop, given what its markers need."""
-    S, O = [], []
-    for _, _, _, _, vjps in frag.proto:
-        S.append(tuple(_slopes(v.group, values, bstore, slopes, rows) if type(v) is SlopeRow else _NO_SLOPES
-                       for _, v, _ in vjps))
-        O.append(tuple(outer.setdefault(id(t), ([], [])) if v is TIED_OUTER else (None, None)
-                       for _, v, t in vjps))
+    S, O = [list(x) for x in frag.S], [list(x) for x in frag.O]  # (what every entry gets by default)
+    for m, p, group in frag.slope_entries:
+        S[m][p] = _slopes(group, values, bstore, slopes, rows)
+    for m, p, tid in frag.outer_entries:
+        O[m][p] = outer.setdefault(tid, ([], []))
     lean = bstore.get(frag)
     if lean and frag.chain.backward_lean(values, grads, owned, S[1][0], O[2][1], transposed):
         return
     (frag.backward_lean if lean else frag.backward)(
         values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,
         np.dot, np.ascontiguousarray, np.multiply, np.ndarray, np.empty_like)
-
-
-_NO_SLOPES = (None, None, False, None)
 
 
 def _slopes(group, values, bstore, slopes, rows):

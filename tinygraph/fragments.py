@@ -92,7 +92,8 @@ def find_fragments(steps, uses):
 class Fragment:
     """``steps`` (whole repetitions of a ``period``), their index rows and generated loops."""
 
-    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G", "groups", "chain", "backward_lean")
+    __slots__ = ("steps", "proto", "rows", "forward", "backward", "F", "G", "groups", "chain", "backward_lean",
+                 "S", "O", "slope_entries", "outer_entries")
 
     def __init__(self, steps, period, uses):
         self.steps = steps
@@ -134,6 +135,17 @@ class Fragment:
         # slope groups whose members' outputs go into the run's row buffer (plan.RowOut)
         self.groups = tuple(fwd.group if type(fwd) is RowOut else None for _, _, fwd, _, _ in self.proto)
         self.G = tuple(tuple(v for _, v, _ in vjps) for *_, vjps in self.proto)
+        # per statement and entry, what the backward loop gets: a slope group's slopes (made
+        # once per sweep) and a tied weight's deferred outer products; these defaults elsewhere
+        self.S = tuple((_NO_SLOPES,) * len(vjps) for *_, vjps in self.proto)
+        self.O = tuple(((None, None),) * len(vjps) for *_, vjps in self.proto)
+        self.slope_entries = tuple((m, p, v.group) for m, (*_, vjps) in enumerate(self.proto)
+                                   for p, (_, v, _) in enumerate(vjps) if type(v) is SlopeRow)
+        self.outer_entries = tuple((m, p, id(t)) for m, (*_, vjps) in enumerate(self.proto)
+                                   for p, (_, v, t) in enumerate(vjps) if v is TIED_OUTER)
+
+
+_NO_SLOPES = (None, None, False, None)  # (slopes, product rows, shape, dtype) of an entry without
 
 
 class Chain:

@@ -10,12 +10,18 @@ storage receive a bitwise copy.  Finally constrained values are re-projected to
 wipe out rounding drift.
 """
 
+import math
+
 import numpy as np
 
 from .autodiff import Gradients
 from .constraints import reduce_member_grads
 from .errors import GraphError, NodeTypeError
 from .node import Node
+
+
+def _squared_norm(g):
+    return float(np.vdot(g, g))
 
 
 class Optimizer:
@@ -104,24 +110,28 @@ class Optimizer:
                                  f"{g.shape}, expected {v.shape}")
         if self.weight_decay:
             per_var = {v: g + self.weight_decay * v.value for v, g in per_var.items()}
-        per_var = cs.project(per_var)
-        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in per_var.values())))
+        constrained = bool(cs.systems)
+        if constrained:
+            per_var = cs.project(per_var)
+        norm = math.sqrt(sum(map(_squared_norm, per_var.values())))
         self.last_grad_norm = norm
         if self.clip_norm is not None and norm > self.clip_norm:
             per_var = {v: g * (self.clip_norm / norm) for v, g in per_var.items()}
         self.steps += 1
         deltas = {}
+        state = self.state
         for v, g in per_var.items():
-            key = id(v.storages[0])
-            st = self.state.get(key)
-            if st is None or st.get("_array") is not v.storages[0]:
-                st = self.state[key] = {"_array": v.storages[0]}
+            first = v.storages[0]
+            st = state.get(id(first))
+            if st is None or st["_array"] is not first:
+                st = state[id(first)] = {"_array": first}
             deltas[v] = self._delta(st, g)
-        if self._needs_step_projection:
+        if self._needs_step_projection and constrained:
             deltas = cs.project(deltas)
         for v, d in deltas.items():
             cs.apply_step(v, d)
-        cs.correct(set(deltas))
+        if constrained:
+            cs.correct(set(deltas))
         return norm
 
     _needs_step_projection = False
