@@ -711,3 +711,26 @@ def test_cross_entropy_several_logits_one_shared_one_hot_target():
     expected = sum(-np.log(np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True))[np.arange(4), idx].sum()
                    for Z in (Z1, Z2))
     np.testing.assert_allclose(acts[loss], expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("g_dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("t_shape", [(5, 3, 4), (5, 1, 4), (1, 3, 4)])
+def test_batched_squared_error_rule_matches_the_single_rule(g_dtype, t_shape):
+    # the stacked rule (members first) against the single-node rule member by member,
+    # in float32 with a gradient of either dtype (dtype promotion as numpy's)
+    from tinygraph import ops
+    rng = np.random.default_rng(2)
+    p = rng.standard_normal((5, 3, 4)).astype(np.float32)
+    t = rng.standard_normal(t_shape).astype(np.float32)
+    g = rng.standard_normal(5).astype(g_dtype)
+    single = ops.get("squared_error")
+    forward, _, (vjp_p, vjp_t) = single.batch
+    out = forward(p, t)
+    tb = np.broadcast_to(t, p.shape)
+    for k in range(5):
+        np.testing.assert_allclose(out[k], single.forward(p[k], tb[k]), rtol=1e-6)
+    gp, gt = vjp_p(g, out, p, t), vjp_t(g, out, p, t)
+    assert gp.dtype == gt.dtype == np.result_type(g, p)
+    for k in range(5):
+        np.testing.assert_array_equal(gp[k], single.vjp(0, g[k], out[k], [p[k], tb[k]], {}))
+        np.testing.assert_array_equal(gt[k], single.vjp(1, g[k], out[k], [p[k], tb[k]], {}))

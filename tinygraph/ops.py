@@ -658,8 +658,21 @@ def _rest(x):
 
 def _se_batched(p, t):
     d = p - t
-    d *= d
-    return 0.5 * np.add.reduce(d, axis=_rest(d))
+    flat = d.reshape(len(d), -1)  # (a fresh array: a view) each member's differences in one row
+    return 0.5 * np.vecdot(flat, flat)  # per-member sums of squares, without a squared temporary
+
+
+def _se_batched_vjp(sign):
+    """dE/dp (sign 1) or dE/dt (sign -1) of stacked squared errors: g_k * (p - t) per member,
+    made in the one temporary p - t when g's dtype is the difference's."""
+    def vjp(g, out, p, t):
+        d = p - t
+        lead = _lead(g, d.ndim)
+        if lead.dtype != d.dtype:
+            return sign * lead * d
+        d *= lead
+        return d if sign > 0 else np.negative(d, out=d)
+    return vjp
 
 
 def _wse_batched(p, t, w):
@@ -675,9 +688,7 @@ for _name in ("add", "sub", "mul", "div", "neg", "pow", "add_n", "identity", "ex
               "relu", "stop_gradient", "clamp"):
     _set_batch(_name, "elementwise")
 _set_batch("matmul", "matmul")
-_set_batch("squared_error", (_se_batched, True, (
-    lambda g, out, p, t: _lead(g, max(p.ndim, t.ndim)) * (p - t),
-    lambda g, out, p, t: -_lead(g, max(p.ndim, t.ndim)) * (p - t))))
+_set_batch("squared_error", (_se_batched, True, (_se_batched_vjp(1), _se_batched_vjp(-1))))
 _set_batch("weighted_squared_error", (_wse_batched, True, (
     lambda g, out, p, t, w: _lead(g, max(p.ndim, t.ndim, w.ndim)) * w * (p - t),
     lambda g, out, p, t, w: -_lead(g, max(p.ndim, t.ndim, w.ndim)) * w * (p - t),
