@@ -95,13 +95,12 @@ def _values(values, n_steps, n_units, where, integer=False):
     if arr.ndim != len(want) or arr.shape[0] != n_steps or arr.shape[2:] != last:
         raise DataError(f"{where}: values must have shape (steps={n_steps}, batch{', units=' + str(n_units) if last else ''}), "
                         f"got {arr.shape}")
-    # a finite sum means every value is finite (NaN and infinity carry into it): one pass, no
-    # temporary; only a sum that overflowed or is not finite needs the element-wise test
+    # every value is finite when the smallest and the largest are (np.minimum and np.maximum
+    # carry NaN): two passes without a temporary, and unlike a sum they cannot overflow
     if integer:
         return arr
-    with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(arr, axis=None)
-    if not math.isfinite(total) and not np.all(np.isfinite(arr)):
+    if arr.size and not (math.isfinite(np.minimum.reduce(arr, axis=None))
+                         and math.isfinite(np.maximum.reduce(arr, axis=None))):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(f"{where}: values hold NaN or infinity (first at index {tuple(int(i) for i in bad)})")
     return arr
