@@ -34,14 +34,23 @@ class RowIndex:
     def adopt(self, buf):
         """Register the rows of an existing array (e.g. inputs fed stacked); returns them."""
         rows = list(buf)
-        self._buffers.append((buf, rows, dict(zip(map(id, rows), range(len(rows))))))
+        if rows:
+            self._buffers.append([buf, rows, None])  # (the index id -> k is made when first needed)
         return rows
 
     def find(self, a):
-        """(buffer, rows, k) when ``a`` is row k of a registered buffer, else None."""
-        i = id(a)
-        for buf, rows, where in self._buffers:
-            k = where.get(i)
+        """(buffer, rows, k) when ``a`` is row k of a registered buffer, else None.  Only a
+        buffer whose rows have ``a``'s base can hold it; the first row needs no index."""
+        base = getattr(a, "base", None)
+        for entry in self._buffers:
+            buf, rows, where = entry
+            if base is not rows[0].base:
+                continue
+            if rows[0] is a:
+                return buf, rows, 0
+            if where is None:
+                where = entry[2] = dict(zip(map(id, rows), range(len(rows))))
+            k = where.get(id(a))
             if k is not None:
                 return buf, rows, k
         return None if self.parent is None else self.parent.find(a)
