@@ -38,10 +38,11 @@ def lean_disabled():
 
 
 @contextmanager
-def lean_spy():
-    """Records what each real Chain.run_lean call returned."""
+def chain_spy(method, **settings):
+    """Records what each real call of Chain.<method> returned (``settings``: Chain class
+    attributes set meanwhile)."""
     calls = []
-    real = Chain.run_lean
+    real = getattr(Chain, method)
 
     def spy(self, *args, **kwargs):
         got = real(self, *args, **kwargs)
@@ -49,8 +50,15 @@ def lean_spy():
         return got
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Chain, "run_lean", spy)
+        for name, value in settings.items():
+            mp.setattr(Chain, name, value)
+        mp.setattr(Chain, method, spy)
         yield calls
+
+
+def lean_spy():
+    """Records what each real Chain.run_lean call returned."""
+    return chain_spy("run_lean")
 
 
 def _fragments(acts):
@@ -653,21 +661,9 @@ def test_lean_equals_plain_for_random_shapes(T, B, H, I, dtype, seed):
 # ============================================================ 8. the chain's own backward loop (Chain.backward_lean)
 
 
-@contextmanager
 def chain_backward(min_steps=1):
     """Chain.backward_lean allowed from ``min_steps`` on; yields what each call returned."""
-    calls = []
-    real = Chain.backward_lean
-
-    def spy(self, *args, **kwargs):
-        got = real(self, *args, **kwargs)
-        calls.append(got)
-        return got
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Chain, "MIN_STEPS_LEAN_BACKWARD", min_steps)
-        mp.setattr(Chain, "backward_lean", spy)
-        yield calls
+    return chain_spy("backward_lean", MIN_STEPS_LEAN_BACKWARD=min_steps)
 
 
 @contextmanager
