@@ -286,7 +286,7 @@ def _forward_single(node, values):
 
 def _batch_args(b, values, bstore):
     """The stacked operands of a batch, or None when the members' runtime shapes differ."""
-    lifted = b.kind == "elementwise" or (b.kind == "dedicated" and b.op.batch[1])
+    lifted = b.lifted
     args = []
     stacks = bstore.get(FED)
     for pos, (kind, ref) in enumerate(b.inputs):
@@ -320,9 +320,8 @@ def _forward_batch(b, values, bstore, eager=False):
     args = _batch_args(b, values, bstore)
     if args is None:
         return False
-    fwd = b.op.batch[0] if b.kind == "dedicated" else b.op.forward
     try:
-        out = fwd(*args, **b.attrs)
+        out = b.forward(*args)
     except (ValueError, IndexError):
         return False  # run member by member, which names the node that fails
     bstore[b.id] = (out, args)
@@ -728,7 +727,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
                 else:
                     accumulate(j, deferred[k])
             continue
-        gi = _batch_vjp(b, pos, G, out, args)
+        gi = b.vjps[pos](G, out, *args)
         if gi is None:
             continue
         if kind == "shared":
@@ -749,7 +748,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
                 gi = gi.reshape(natural)
             if b.untied_stack[pos] and all(map(is_, map(grads.__getitem__, ref), repeat(None))):
                 deque(map(grads.__setitem__, ref, gi), 0)  # first contributions: views
-                if owned is not None and _fresh(gi, G, out, args):
+                if owned is not None and (b.fresh_vjps or _fresh(gi, G, out, args)):
                     owned.update(ref)  # nobody else holds these rows: later contributions add in place
                 continue
             for j, row in zip(ref, gi):
@@ -774,12 +773,6 @@ def _source_grads_one_by_one(b, grads, accumulate):
                 accumulate(j, _ops.unbroadcast(grads[a], shape))
 
 
-def _batch_vjp(b, pos, G, out, args):
-    if b.kind == "dedicated":
-        return b.op.batch[2][pos](G, out, *args, **b.attrs)
-    return b.op.vjp(pos, G, out, args, b.attrs)
-
-
 class _Deferred:
     """The stacked gradient of one batched operand, computed on first access."""
 
@@ -792,7 +785,7 @@ class _Deferred:
 
     def __getitem__(self, k):
         if self._value is None:
-            gi = _batch_vjp(self.b, self.pos, self.G, self.out, self.args)
+            gi = self.b.vjps[self.pos](self.G, self.out, *self.args)
             natural = self.G.shape[:1] + self.member_shape
             if gi is None:
                 gi = np.zeros(natural)

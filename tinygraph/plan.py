@@ -72,7 +72,8 @@ class Batch:
     ("batch", b) exactly the members of batch b; ("stack", js) one node per member."""
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
-                 "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy")
+                 "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy", "lifted", "forward",
+                 "vjps", "fresh_vjps")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -86,6 +87,35 @@ class Batch:
         # sources of PreSum add_n nodes whose gradient is the sum of these members' gradients
         # (see _with_presums); the add_n nodes' own gradients serve when the batch did not stack
         self.source_grads = []
+
+
+def _bind_batch_rules(b):
+    """What a batch calls, bound once: ``forward(*operands)``, ``vjps[p](G, out, *operands)``
+    (the op's batched rule or its elementwise one, with the members' attributes), whether
+    operands get lifted (plan.lift), and whether every VJP returns a new array (matmul: a
+    product), so that its rows may take later contributions in place without a memory check."""
+    op, attrs = b.op, b.attrs
+    b.lifted = b.kind == "elementwise" or (b.kind == "dedicated" and op.batch[1])
+    fwd = op.batch[0] if b.kind == "dedicated" else op.forward
+    b.forward = partial(fwd, **attrs) if attrs else fwd
+    rules = []
+    for pos in range(len(b.inputs)):
+        if b.kind == "dedicated":
+            rule = op.batch[2][pos]
+        elif op.variadic:
+            rule = partial(op.vjps[0], pos)
+        elif pos < len(op.vjps):
+            rule = op.vjps[pos]
+        else:  # no rule: the op's own call raises its error when (if ever) it is needed
+            rules.append(partial(_missing_vjp, op, pos, attrs))
+            continue
+        rules.append(partial(rule, **attrs) if attrs else rule)
+    b.vjps = tuple(rules)
+    b.fresh_vjps = b.kind == "matmul"
+
+
+def _missing_vjp(op, pos, attrs, G, out, *args):
+    return op.vjp(pos, G, out, args, attrs)
 
 
 def _levels(nodes, order):
@@ -305,6 +335,7 @@ class Plan:
             # "stack" operands of distinct nodes none of which is a tied param
             b.untied_stack = tuple(kind == "stack" and len(set(ref)) == len(ref) and not any(j in self.tied for j in ref)
                                    for kind, ref in b.inputs)
+            _bind_batch_rules(b)
         steps = []
         if units is None:
             units = [("n", i) for i in needed]
