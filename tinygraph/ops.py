@@ -86,11 +86,12 @@ def unbroadcast(grad, shape):
         return np.add.reduce(grad, axis=0)
     grad = np.asarray(grad)
     extra = grad.ndim - len(shape)
-    if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
+    if extra > 0:  # (np.add.reduce is what ndarray.sum calls, without its Python wrapper)
+        grad = np.add.reduce(grad, axis=tuple(range(extra)))
+    if 1 in shape:
+        axes = tuple(i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1)
+        if axes:
+            grad = np.add.reduce(grad, axis=axes, keepdims=True)
     return grad.reshape(shape)
 
 
