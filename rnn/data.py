@@ -95,15 +95,27 @@ def _values(values, n_steps, n_units, where, integer=False):
     if arr.ndim != len(want) or arr.shape[0] != n_steps or arr.shape[2:] != last:
         raise DataError(f"{where}: values must have shape (steps={n_steps}, batch{', units=' + str(n_units) if last else ''}), "
                         f"got {arr.shape}")
-    # every value is finite when the smallest and the largest are (np.minimum and np.maximum
-    # carry NaN): two passes without a temporary, and unlike a sum they cannot overflow
     if integer:
         return arr
-    if arr.size and not (math.isfinite(np.minimum.reduce(arr, axis=None))
-                         and math.isfinite(np.maximum.reduce(arr, axis=None))):
+    if not _all_finite(arr):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise DataError(f"{where}: values hold NaN or infinity (first at index {tuple(int(i) for i in bad)})")
     return arr
+
+
+def _all_finite(arr):
+    """Every value finite?  Without a temporary: for small arrays the smallest and the largest
+    value (np.minimum and np.maximum carry NaN); for large contiguous ones the sum of squares,
+    one BLAS pass (NaN and infinity carry into it; when it is not finite the squares may just
+    have overflowed, so the values are then looked at one by one)."""
+    if arr.size < 4096 or not arr.flags.c_contiguous:
+        return not arr.size or (math.isfinite(np.minimum.reduce(arr, axis=None))
+                                and math.isfinite(np.maximum.reduce(arr, axis=None)))
+    flat = arr.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if math.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.all(np.isfinite(arr)))
 
 
 class Clamp:

@@ -1,6 +1,8 @@
 """Every bad input raises a tinygraph.GraphError subclass whose message names the
 node(s) and the shapes involved."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -446,18 +448,26 @@ def test_run_time_shape_error_inside_identical_nodes_names_the_node():
         g.forward({"x1": np.ones((2, 3)), "y1": np.ones((4, 3)), "x2": np.ones((2, 3)), "y2": np.ones((4, 3))})
 
 
-def test_huge_finite_clamp_values_are_accepted_and_inf_is_refused():
-    """The finiteness test sums the values first: a sum that overflows must not be taken for
-    an infinite value, and an infinity among them is still found and placed."""
+@pytest.mark.parametrize("batch", [2, 2048], ids=["small", "large"])  # (large: the BLAS sum of squares)
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_huge_finite_clamp_values_are_accepted_and_non_finite_ones_refused(batch, layout, bad):
+    """The finiteness test looks at a summary first (the smallest and largest value, or the
+    sum of squares): squares that overflow must not be taken for an infinite value, and a
+    non-finite value among them is still found and placed, in any memory layout."""
     import rnn
     net = rnn.RecurrentNet("big")
     net.add_group("x", 2, role="input")
     net.add_group("h", 3, activation="tanh")
     net.connect("x", "h", delay=0)
     net.connect("h", "h", delay=1)
-    X = np.full((4, 2, 2), 1e308)  # finite, but their sum overflows
-    clamps, _, _ = rnn.data.resolve_all(net, 4, [rnn.Clamp("x", X)], [])
+    X = np.full((4, batch, 2), 1e308)  # finite, but their squares (and sum) overflow
+    if layout == "strided":
+        X = np.full((4, batch, 4), 1e308)[:, :, ::2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no overflow warning reaches the user
+        clamps, _, _ = rnn.data.resolve_all(net, 4, [rnn.Clamp("x", X)], [])
     assert clamps[0][3] is X
-    X[2, 1, 0] = np.inf
+    X[2, 1, 0] = bad
     with pytest.raises(rnn.DataError, match=r"NaN or infinity \(first at index \(2, 1, 0\)\)"):
         rnn.data.resolve_all(net, 4, [rnn.Clamp("x", X)], [])
