@@ -221,8 +221,8 @@ class ConstraintSet:
         self.ties = []
         self.constraints = []
         self._systems = None
-        self._variables = {}  # id(param) -> Variable (its tie group, or the param alone)
-        self._tie_of = {}  # id(param) -> TieGroup
+        self._variables = {}  # param node -> Variable (its tie group, or the param alone)
+        self._tie_of = {}  # param node -> TieGroup (nodes hash by identity)
         self.version = 0  # bumped on every change, so compiled plans know to recompile
 
     # ------------------------------------------------------------ declaring
@@ -257,7 +257,7 @@ class ConstraintSet:
         # a param already in a tie group: merge the groups when they agree on reduce
         merged = {}
         for m in members:
-            t = self._tie_of.get(id(m))
+            t = self._tie_of.get(m)
             if t is not None and id(t) not in merged:
                 if t.reduce != reduce:
                     raise ConstraintError(
@@ -288,7 +288,7 @@ class ConstraintSet:
         group = TieGroup(members, reduce)
         self.ties.append(group)
         for m in members:
-            self._tie_of[id(m)] = group
+            self._tie_of[m] = group
         try:
             self._rebuild()
             ids = {id(m) for m in members}
@@ -405,11 +405,11 @@ class ConstraintSet:
         for t in self.ties:
             v = Variable(t.members, t.reduce, t)
             for m in t.members:
-                self._variables[id(m)] = v
+                self._variables[m] = v
         for c in self.constraints:
             for p in c.params:
-                if id(p) not in self._variables:
-                    self._variables[id(p)] = Variable([p])
+                if p not in self._variables:
+                    self._variables[p] = Variable([p])
         # connected components of variables through constraints (union-find, no recursion)
         parent = {}
 
@@ -446,9 +446,9 @@ class ConstraintSet:
 
     def variable(self, param):
         """The Variable that moves ``param`` (its tie group, or the param alone)."""
-        v = self._variables.get(id(param))
+        v = self._variables.get(param)
         if v is None:
-            v = self._variables[id(param)] = Variable([param])
+            v = self._variables[param] = Variable([param])
         return v
 
     def variables(self, params):

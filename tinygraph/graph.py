@@ -6,6 +6,7 @@ recursion, and a 100,000-step chain is as easy as a 3-node one.
 """
 
 import itertools
+import types
 
 import networkx as nx
 import numpy as np
@@ -35,6 +36,9 @@ def _as_float_array(value, what):
     return arr
 
 
+_NO_ATTRS = types.MappingProxyType({})
+
+
 class Graph:
     """A symbolic graph built once and run many times with feeds.
 
@@ -48,6 +52,7 @@ class Graph:
         self.name = name
         self.nodes = []
         self._by_name = {}
+        self._shapes = {}  # one tuple per distinct shape, shared by the nodes of that shape
         self._auto = itertools.count()
         self._plans = {}
         from .constraints import ConstraintSet
@@ -64,7 +69,11 @@ class Graph:
             raise GraphError(
                 f"graph '{self.name}' already has a node named '{name}' "
                 f"({self._by_name[name].op}); pick another name")
-        node = Node(self, name, op, inputs, shape, attrs, len(self.nodes), value, dtype)
+        # deep graphs have millions of nodes: those without attributes share one empty,
+        # read-only mapping, and nodes of one shape share its tuple
+        shape = tuple(shape)
+        shape = self._shapes.setdefault(shape, shape)
+        node = Node(self, name, op, inputs, shape, attrs or _NO_ATTRS, len(self.nodes), value, dtype)
         self.nodes.append(node)
         self._by_name[name] = node
         return node

@@ -17,6 +17,7 @@ batches if that ever finds a cycle.
 
 import heapq
 from functools import partial
+from itertools import count, repeat
 
 import numpy as np
 
@@ -189,8 +190,8 @@ def find_batches(graph, order):
                 b.inputs.append(("shared", js[0]))
             elif (nodes[js[0]].op == "param" and all(nodes[j].op == "param" for j in js)
                   and all(nodes[j].value is nodes[js[0]].value for j in js)
-                  and tie_of.get(id(nodes[js[0]])) is not None
-                  and all(tie_of.get(id(nodes[j])) is tie_of.get(id(nodes[js[0]])) for j in js)):
+                  and tie_of.get(nodes[js[0]]) is not None
+                  and all(tie_of.get(nodes[j]) is tie_of.get(nodes[js[0]]) for j in js)):
                 b.inputs.append(("tied", js))
             elif tuple(js) in by_members:
                 b.inputs.append(("batch", by_members[tuple(js)]))
@@ -315,7 +316,7 @@ class Plan:
         self.tied = {}  # node index -> tie group, for params whose gradient accumulates in one buffer
         for n in self.order:
             if n.op == "param":
-                t = tie_of.get(id(n))
+                t = tie_of.get(n)
                 if t is not None:
                     self.tied[n.index] = t
         self.tie_shapes = {id(t): t.members[0].value.shape for t in set(self.tied.values())}
@@ -379,10 +380,10 @@ class Plan:
                                 for fed, (_, ref) in zip(b.fed, b.inputs))
             for pos, (_, ref) in enumerate(b.inputs):
                 if b.fed_alone[pos]:
-                    for k, j in enumerate(ref):
-                        self.fed_rows[j] = ((b.id, pos), k)
+                    slot = (b.id, pos)  # (one tuple for all its rows)
+                    self.fed_rows.update(zip(ref, zip(repeat(slot), count())))
                     if len(set(ref)) == len(ref):
-                        self.fed_stacks[tuple(ref)] = (b.id, pos)
+                        self.fed_stacks[tuple(ref)] = slot
         self.steps = _with_presums(_with_slope_groups(steps, nodes, batches), nodes, self.member_of,
                                    self.batches, self.tied, uses)
         from .fragments import FRAGMENT, find_fragments  # (fragments.py builds on this module's step kinds)
