@@ -108,9 +108,9 @@ def _all_finite(arr):
     value (np.minimum and np.maximum carry NaN); for large contiguous ones the sum of squares,
     one BLAS pass (NaN and infinity carry into it; when it is not finite the squares may just
     have overflowed, so the values are then looked at one by one)."""
-    if arr.size < 4096 or not arr.flags.c_contiguous:
-        return not arr.size or (math.isfinite(np.minimum.reduce(arr, axis=None))
-                                and math.isfinite(np.maximum.reduce(arr, axis=None)))
+    if arr.size < 4096 or not arr.flags.c_contiguous:  # (np.isfinite: a long double may exceed a float)
+        return not arr.size or bool(np.isfinite(np.minimum.reduce(arr, axis=None))
+                                    and np.isfinite(np.maximum.reduce(arr, axis=None)))
     flat = arr.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
         if math.isfinite(np.dot(flat, flat)):

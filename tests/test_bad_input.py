@@ -471,3 +471,19 @@ def test_huge_finite_clamp_values_are_accepted_and_non_finite_ones_refused(batch
     X[2, 1, 0] = bad
     with pytest.raises(rnn.DataError, match=r"NaN or infinity \(first at index \(2, 1, 0\)\)"):
         rnn.data.resolve_all(net, 4, [rnn.Clamp("x", X)], [])
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="long double is double here")
+def test_finite_long_double_clamp_values_beyond_float_range_are_accepted():
+    import rnn
+    net = rnn.RecurrentNet("wide")
+    net.add_group("x", 3, role="input")
+    net.add_group("h", 2, activation="tanh")
+    net.connect("x", "h", delay=0)
+    X = np.ones((2, 1, 3), dtype=np.longdouble)
+    X[0, 0, 0] = np.longdouble("1e400")  # finite as a long double, infinite as a float
+    clamps, _, _ = rnn.data.resolve_all(net, 2, [rnn.Clamp("x", X)], [])
+    assert clamps[0][3] is X
+    X[1, 0, 2] = np.nan
+    with pytest.raises(rnn.DataError, match=r"NaN or infinity \(first at index \(1, 0, 2\)\)"):
+        rnn.data.resolve_all(net, 2, [rnn.Clamp("x", X)], [])

@@ -769,3 +769,17 @@ def test_chain_backward_repeated_sweeps_do_not_write_into_earlier_ones():
     for i, v in kept.items():
         _eq(first[out.graph.nodes[i]], v, out.graph.nodes[i].name)
     _assert_same_grads(first, second)
+
+
+def test_a_checked_backward_after_a_lean_forward_makes_the_dropped_values_first():
+    # backward(check_finite=True) runs the generic loops, which read every value
+    T = 8
+    net, X, Y = _net(T, 2)
+    out = _run(net.unroll(T), X, Y)
+    _assert_ran_lean(out.acts)
+    checked = out.acts.backward(out.emitted.loss, check_finite=True)
+    assert not _none_indices(out.acts) & set(out.acts.plan.recompute)
+    with lean_disabled():
+        plain = _run(net.unroll(T), X, Y)
+    _assert_same_grads(checked, out.grads)
+    _assert_same_acts(out.acts, plain.acts)

@@ -731,6 +731,30 @@ def test_trusted_feeds_name_a_missing_input():
         run_forward(g, fd, trusted=True)
 
 
+def test_trusted_feeds_of_an_input_fed_twice_and_a_missing_one():
+    # a record fed whole and one of its inputs fed again on its own: its own feed wins, the
+    # others read their rows; a missing input is still named (the two must not cancel out)
+    g = tg.Graph("twice")
+    W = g.param("W", np.ones((2, 2)))
+    xs = [g.input(f"x{t}", (None, 2)) for t in range(3)]
+    c = g.input("c", (None, 2))
+    ys = [tg.matmul(x, W, name=f"y{t}") for t, x in enumerate(xs)]
+    loss = tg.add_n([tg.sum(y) for y in ys] + [tg.sum(c)], name="loss")
+    X = np.ones((3, 4, 2))
+    key = tuple(x.index for x in xs)
+    for order in ("record first", "node first"):
+        feeds = {key: X, xs[0]: X[0] * 2, c: np.ones((4, 2))}
+        if order == "node first":
+            feeds = {xs[0]: X[0] * 2, key: X, c: np.ones((4, 2))}
+        acts = run_forward(g, feeds, trusted=True)
+        np.testing.assert_array_equal(acts[xs[0]], X[0] * 2)
+        assert acts[xs[1]].base is X
+        assert float(acts[loss]) == 2 * 16 + 16 + 16 + 8
+        del feeds[c]
+        with pytest.raises(tg.FeedError, match=re.escape("['c']")):
+            run_forward(g, feeds, trusted=True)
+
+
 def test_rnn_loss_is_a_batch_sum():
     T = 6
     net, X, Y, ff, out = _rnn_run(T)

@@ -86,7 +86,7 @@ def _trusted_feeds(graph, plan, feeds, values, bstore, eager=False):
     buffers; ``eager`` (check_finite runs) adopts every one."""
     size = len(values)
     stacks = {}
-    waiting = 0  # inputs whose values wait in ``stacks``
+    keys = {}  # slot -> the key its array came with
     for key, value in feeds.items():
         if type(key) is tuple:
             if not key or max(key) >= size:
@@ -94,17 +94,25 @@ def _trusted_feeds(graph, plan, feeds, values, bstore, eager=False):
             slot = None if eager or len(value) != len(key) else plan.fed_stacks.get(key)
             if slot is None:
                 deque(map(values.__setitem__, key, bstore[ROWS].adopt(value)), 0)
-            elif slot not in stacks:
-                stacks[slot] = value
-                waiting += len(key)
+            else:
+                stacks[slot], keys[slot] = value, key
         elif key.index < size:
             values[key.index] = value
-    if stacks:
-        bstore[FED] = stacks
-    if sum(map(is_, map(values.__getitem__, plan.input_indices), repeat(None))) != waiting:  # (in C)
+    waiting = 0  # inputs whose values wait in ``stacks``
+    for slot, key in keys.items():
+        if all(map(is_, map(values.__getitem__, key), repeat(None))):  # (in C)
+            waiting += len(key)
+        else:  # an input also fed on its own: its own feed wins, the others take their rows
+            del stacks[slot]
+            for i, row in zip(key, bstore[ROWS].adopt(feeds[key])):
+                if values[i] is None:
+                    values[i] = row
+    if sum(map(is_, map(values.__getitem__, plan.input_indices), repeat(None))) != waiting:
         missing = [n.name for n in plan.inputs if values[n.index] is None and
                    plan.fed_rows.get(n.index, (None,))[0] not in stacks]
         raise FeedError(f"missing feeds for inputs {missing[:5]} of graph '{graph.name}'")
+    if stacks:
+        bstore[FED] = stacks
 
 
 def _fed_rows_now(b, values, bstore):
@@ -429,6 +437,8 @@ class Activations:
                                     f"{out.shape}, got {seed!r}") from None
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
+        if check_finite:  # the generic loops read every value: make what a lean chain did not keep
+            deque(map(self.value, self.plan.recompute), 0)
         grads, tsum, lazy, finals = backward_pass(self, loss, seed, check_finite)
         out = Gradients(self, loss, grads, tsum, lazy, finals)
         if check_finite:  # the loop checks what it propagates; sources end it, so check them here

@@ -195,7 +195,7 @@ class Chain:
         ch.weights = tuple(c[3][1] for _, _, c in reps)
         ch.live_pos = live_pos
         ch.members = tuple(a[3][member_pos] for a, _, _ in reps)
-        # backward_rest applies when the VJP entries are the plain ones (checked on the first
+        # backward_lean applies when the VJP entries are the plain ones (checked on the first
         # repetition: every repetition has the same signature) and no member repeats
         (_, _, _, _, va), (_, _, _, _, vb), (_, _, _, _, vc) = steps[:3]
         ch.fast = (all(v is (_ops.passthrough if p in (live_pos, member_pos) else SOURCE_VIA_BATCH)

@@ -93,30 +93,38 @@ class Batch:
 def _bind_batch_rules(b):
     """What a batch calls, bound once: ``forward(*operands)``, ``vjps[p](G, out, *operands)``
     (the op's batched rule or its elementwise one, with the members' attributes), whether
-    operands get lifted (plan.lift), and whether every VJP returns a new array (matmul: a
-    product), so that its rows may take later contributions in place without a memory check."""
+    operands get lifted (plan.lift), and whether every VJP returns a new array (the built-in
+    matmul: a product), so that its rows may take later contributions in place without a
+    memory check.  A missing rule fails when called: an operand whose gradient nobody needs
+    (labels, fed data) needs none."""
     op, attrs = b.op, b.attrs
     b.lifted = b.kind == "elementwise" or (b.kind == "dedicated" and op.batch[1])
     fwd = op.batch[0] if b.kind == "dedicated" else op.forward
-    b.forward = partial(fwd, **attrs) if attrs else fwd
+    b.forward = _bind(fwd, attrs)
     rules = []
     for pos in range(len(b.inputs)):
         if b.kind == "dedicated":
-            rule = op.batch[2][pos]
-        elif op.variadic:
-            rule = partial(op.vjps[0], pos)
-        elif pos < len(op.vjps):
-            rule = op.vjps[pos]
-        else:  # no rule: the op's own call raises its error when (if ever) it is needed
-            rules.append(partial(_missing_vjp, op, pos, attrs))
-            continue
-        rules.append(partial(rule, **attrs) if attrs else rule)
+            fn = op.batch[2][pos] if pos < len(op.batch[2]) else None
+        else:
+            fn = _rule_for(op, pos)
+        rules.append(_bind(fn, attrs) if fn is not None else partial(_no_rule, op.name, pos))
     b.vjps = tuple(rules)
-    b.fresh_vjps = b.kind == "matmul"
+    b.fresh_vjps = op is _ops.get("matmul")
 
 
-def _missing_vjp(op, pos, attrs, G, out, *args):
-    return op.vjp(pos, G, out, args, attrs)
+def _rule_for(op, pos):
+    """The op's VJP rule for input ``pos`` (a variadic op's takes pos first), or None."""
+    if op.variadic:
+        return partial(op.vjps[0], pos)
+    return op.vjps[pos] if pos < len(op.vjps) else None
+
+
+def _bind(fn, attrs):
+    return partial(fn, **attrs) if attrs else fn
+
+
+def _no_rule(name, pos, *args):
+    raise _ops.UnknownOpError(f"op '{name}' has no derivative rule for input {pos}")
 
 
 def _levels(nodes, order):
@@ -533,13 +541,10 @@ def _with_slope_groups(steps, nodes, batches):
 def _bound_vjp(op, pos, attrs):
     if op.name == "add_n" or (not op.variadic and pos < len(op.vjps) and op.vjps[pos] is _ops.passthrough):
         return _ops.passthrough  # the backward loop hands g on without calling anything
-    if op.variadic:
-        fn = partial(op.vjps[0], pos)
-    elif pos < len(op.vjps):
-        fn = op.vjps[pos]
-    else:
-        raise _ops.UnknownOpError(f"op '{op.name}' has no derivative rule for input {pos}")
-    return partial(fn, **attrs) if attrs else fn
+    fn = _rule_for(op, pos)
+    if fn is None:
+        _no_rule(op.name, pos)
+    return _bind(fn, attrs)
 
 
 def stack_rows(vals):
