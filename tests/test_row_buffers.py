@@ -897,3 +897,46 @@ def test_members_only_batches_read_get_their_values_when_asked():
     np.testing.assert_allclose(gr[W], feeds["x1"].T @ seed, rtol=1e-13)
     gr = acts.backward(zs[1], seed=seed)
     np.testing.assert_allclose(gr[ys[1]], seed * (1 - np.tanh(feeds["x1"] @ W.value) ** 2), rtol=1e-13)
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(2, 7), B=st.integers(1, 3), seed=st.integers(0, 2**16),
+       clamp_steps=st.sampled_from(["all", "some", "initial+all"]),
+       clamp_units=st.sampled_from([None, [1], [0, 1]]),
+       target_steps=st.sampled_from(["all", "final", "last2", "odd"]),
+       masked=st.booleans())
+def test_records_fed_whole_equal_the_same_data_fed_node_by_node(T, B, seed, clamp_steps, clamp_units,
+                                                                 target_steps, masked):
+    # whatever the records look like (some steps, some units, masks), feeding each record as
+    # one array (read by a batch, rows made when asked) gives the bits of feeding every
+    # input node its own row
+    net = tanh_rnn("whole", 2, 3)
+    rng = np.random.default_rng(seed)
+    steps = {"all": "all", "some": [t for t in range(1, T + 1) if t % 2], "initial+all": "all"}[clamp_steps]
+    n_steps = T if steps == "all" else len(steps)
+    n_units = 2 if clamp_units is None else len(clamp_units)
+    clamps = [rnn.Clamp("x", rng.standard_normal((n_steps, B, n_units)), steps=steps, units=clamp_units)]
+    if clamp_steps == "initial+all":
+        clamps.append(rnn.Clamp("h", rng.standard_normal((1, B, 3)), steps=[0]))
+    tsteps = {"all": "all", "final": "final", "last2": ("last", min(2, T)),
+              "odd": [t for t in range(1, T + 1) if t % 2]}[target_steps]
+    k = len(rnn.data.resolve_steps(tsteps, T, "t"))
+    mask = (rng.random((k, B, 2)) > 0.3).astype(float) if masked else None
+    targets = [rnn.Target("y", rng.standard_normal((k, B, 2)), steps=tsteps, mask=mask)]
+    ff = net.unroll(T)
+    out = ff.run(clamps, targets)
+    em, g = out.emitted, out.graph
+    if clamp_steps != "some" and clamp_units is None:  # the x record is the projections' operand
+        assert P.FED in out.acts._bstore
+    cl, tg_, batch = rnn.data.resolve_all(net, T, clamps, targets)
+    per_node = {em.batch_node: np.empty((batch, 0))} if em.batch_node is not None else {}
+    for node, kind, r, pos in em.feeds:
+        arr = cl[r][3] if kind == "clamp" else tg_[r][3] if kind == "target" else tg_[r][4]
+        per_node[node] = arr[pos]
+    acts = run_forward(g, per_node, trusted=True)
+    grads = acts.backward(em.loss)
+    for n in g.nodes:
+        if acts.value(n.index) is not None or out.acts.value(n.index) is not None:
+            np.testing.assert_array_equal(out.acts[n], acts[n], err_msg=n.name)
+        if grads.reached(n) or out.grads.reached(n):
+            np.testing.assert_array_equal(out.grads[n], grads[n], err_msg="d/d " + n.name)
