@@ -454,3 +454,24 @@ def test_batched_runs_equal_node_by_node_runs(prog):
         numeric = _central(f, arrays, k)
         scale = max(np.max(np.abs(numeric), initial=0.0), 1.0)
         assert np.max(np.abs(gb[g[name]] - numeric), initial=0.0) / scale < 1e-6, name
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(0, 5), min_size=1, max_size=4), k=st.integers(1, 3),
+       dtype=st.sampled_from([np.float64, np.float32, np.float16]), strided=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_summing_leading_axes_matches_numpy_in_every_dtype_and_layout(shape, k, dtype, strided, seed):
+    # ops._sum_leading (a bias's gradient over time and batch: BLAS for contiguous float32 and
+    # float64, numpy's reduction otherwise) against np.sum: shape, dtype and value
+    from tinygraph.ops import _sum_leading
+    k = min(k, len(shape))
+    rng = np.random.default_rng(seed)
+    G = rng.standard_normal(tuple(shape) + ((2,) if strided else ())).astype(dtype)
+    if strided:
+        G = G[..., 0]  # a view with a stride of two elements
+    got = _sum_leading(G, k)
+    want = np.sum(G, axis=tuple(range(k)))
+    assert np.shape(got) == want.shape and np.asarray(got).dtype == want.dtype
+    tol = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 1e-2}[dtype]
+    np.testing.assert_allclose(np.asarray(got, np.float64), want.astype(np.float64),
+                               rtol=tol, atol=tol * max(1, G.size))

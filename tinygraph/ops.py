@@ -74,6 +74,22 @@ def get(name):
             f"(known ops: {', '.join(sorted(REGISTRY))}); register it with tinygraph.ops.defop") from None
 
 
+_BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _sum_leading(grad, k):
+    """``grad`` summed over its first k axes (a bias's gradient over time and batch).  For a
+    contiguous float32/float64 array with axes left, as one matrix-vector product with a
+    vector of ones: BLAS does it several times faster than numpy's reduction down the
+    leading axis (rounding differs in the last bits, as any other order of the sum would)."""
+    if (type(grad) is np.ndarray and grad.ndim > k and grad.size and grad.dtype in _BLAS_FLOATS
+            and grad.flags.c_contiguous):
+        n = math.prod(grad.shape[:k])
+        return (np.ones(n, grad.dtype) @ grad.reshape(n, -1)).reshape(grad.shape[k:])
+    # (np.add.reduce is what ndarray.sum calls, without its Python wrapper)
+    return np.add.reduce(grad, axis=0 if k == 1 else tuple(range(k)))
+
+
 def unbroadcast(grad, shape):
     """Sum a gradient of a broadcast shape back to ``shape`` (the input's)."""
     if type(grad) is np.ndarray and grad.shape == shape:
@@ -83,11 +99,11 @@ def unbroadcast(grad, shape):
     if gshape == shape:
         return grad
     if gshape[1:] == shape:  # the common case: one leading (batch or time) axis to sum away
-        return np.add.reduce(grad, axis=0)
+        return _sum_leading(grad, 1)
     grad = np.asarray(grad)
     extra = grad.ndim - len(shape)
-    if extra > 0:  # (np.add.reduce is what ndarray.sum calls, without its Python wrapper)
-        grad = np.add.reduce(grad, axis=tuple(range(extra)))
+    if extra > 0:
+        grad = _sum_leading(grad, extra)
     if 1 in shape:
         axes = tuple(i for i, d in enumerate(shape) if d == 1 and grad.shape[i] != 1)
         if axes:
