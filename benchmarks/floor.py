@@ -12,7 +12,7 @@ then plain SGD: ``w -= lr * dE/dw`` for every parameter.
 It is written to be as fast as numpy allows, so that ratios against it mean
 something: the input projection of all steps is one ``(T*B, I) @ (I, H)`` matmul
 outside the time loop, the output projection and its gradients are one matmul
-each, only the recurrence runs in Python loops (three numpy calls per step each
+each (the bias gradients too: a vector of ones times the rows), only the recurrence runs in Python loops (three numpy calls per step each
 way, ``np.dot`` into preallocated rows, the transposed recurrent weight made
 contiguous once per step), every buffer is allocated once, and everything stays in the dtype of the
 inputs.  Parameter names are those of ``rnn.RecurrentNet`` (see ``PARAM_NAMES``).
@@ -89,11 +89,13 @@ class FloorRNN:
         self.R = np.empty((T * B, I), dt)       # outputs, then residuals y - target
         self.carry = np.empty((B, H), dt)       # dE/dh_{t-1} through the recurrence
         self.WhhT = np.empty((H, H), dt)        # W[h->h] transposed, contiguous (BLAS is faster on it)
+        self.ones = np.ones(T * B, dt)          # bias gradients as ones @ rows: BLAS beats np.sum(axis=0)
         self.grad = {k: np.empty(s, dt) for k, s in shapes.items()}  # gradient buffers
 
     def nbytes(self):
         """Bytes held by this object's preallocated buffers (params and grads included)."""
-        arrs = [self.hs, self.A, self.D, self.R, self.carry, self.WhhT, *self.params.values(), *self.grad.values()]
+        arrs = [self.hs, self.A, self.D, self.R, self.carry, self.WhhT, self.ones, *self.params.values(),
+                *self.grad.values()]
         return int(sum(a.nbytes for a in arrs))
 
     def forward_backward(self):
@@ -120,7 +122,7 @@ class FloorRNN:
         loss = 0.5 * float(np.dot(r, r))
         # backward: output layer in one matmul each
         np.matmul(H2.T, R, out=g["h->y"])
-        np.sum(R, axis=0, out=g["bias:y"])
+        np.matmul(self.ones, R, out=g["bias:y"])
         np.matmul(R, p["h->y"].T, out=A2)       # dE/dh_t from the outputs, every t
         np.multiply(H2, H2, out=D.reshape(T * B, H))
         np.subtract(1, D, out=D)
@@ -138,7 +140,7 @@ class FloorRNN:
         np.sum(carry, axis=0, out=g["init:h"])
         np.matmul(hs[:-1].reshape(T * B, H).T, A2, out=g["h->h"])
         np.matmul(self.X2.T, A2, out=g["x->h"])
-        np.sum(A2, axis=0, out=g["bias:h"])
+        np.matmul(self.ones, A2, out=g["bias:h"])
         return loss
 
     def grads(self):
