@@ -181,6 +181,16 @@ def _tol(dtype):
     return 1e-11 if np.dtype(dtype) == np.float64 else 2e-4
 
 
+def _forward_lean_and_plain(T, B=3):
+    """Forward runs (no backward) of one unrolled net, lean and with the lean path refused."""
+    net, X, Y = _net(T, B)
+    ff = net.unroll(T)
+    out = _run(ff, X, Y, backward=False)
+    with lean_disabled():
+        pout = _run(ff, X, Y, backward=False)
+    return net, X, Y, ff, out, pout
+
+
 def _lean_and_plain(T, B, dtype, H=4, I=2, seed=0):
     net, X, Y = _net(T, B, I=I, H=H, dtype=dtype, seed=seed)
     ff = net.unroll(T)
@@ -597,11 +607,7 @@ def test_two_backward_passes_from_one_lean_run_agree():
 @pytest.mark.parametrize("seed_at", ["net[h]@t3", "in[h->h]@t4", "h@t5"])
 def test_backward_from_an_intermediate_node_matches_the_plain_run(seed_at):
     T = 9
-    net, X, Y = _net(T, 3)
-    ff = net.unroll(T)
-    out = _run(ff, X, Y, backward=False)
-    with lean_disabled():
-        pout = _run(ff, X, Y, backward=False)
+    net, X, Y, ff, out, pout = _forward_lean_and_plain(T)
     acts, pacts, g = out.acts, pout.acts, out.graph
     _assert_ran_lean(acts)
     node = g[seed_at]
@@ -721,14 +727,10 @@ def test_chain_backward_leaves_states_without_gradients_to_the_generated_loop(st
 
 @pytest.mark.parametrize("seed_at,runs", [("net[h]@t3", [False]), ("h@t5", [False]), ("y@t6", [True])])
 def test_chain_backward_from_an_intermediate_node_matches_the_plain_run(seed_at, runs):
-    # net[h]@t3: no gradient reaches the fragment's last product; h@t5: states after it get none; y@t6: its batch hands every state a
-    # gradient row (zeros after step 6), so the chain's loop applies
-    T = 9
-    net, X, Y = _net(T, 3)
-    ff = net.unroll(T)
-    out = _run(ff, X, Y, backward=False)
-    with lean_disabled():
-        pout = _run(ff, X, Y, backward=False)
+    # net[h]@t3: no gradient reaches the fragment's last product; h@t5: states after it get
+    # none; y@t6: its batch hands every state a gradient row (zeros after step 6), so the
+    # chain's loop applies
+    net, X, Y, ff, out, pout = _forward_lean_and_plain(9)
     node = out.graph[seed_at]
     seed = np.random.default_rng(3).standard_normal(np.shape(out.acts[node]))
     with chain_backward() as calls:
