@@ -30,10 +30,13 @@ from shared import shared_fd, tanh_rnn, tanh_rnn_bptt
 
 
 @contextmanager
-def lean_disabled():
-    """The lean forward refused for every chain: the generic generated loop runs and stores all."""
+def lean_disabled(in_rows_only=False):
+    """The lean forward refused for every chain: the generic generated loop runs and stores
+    all (``in_rows_only``: only Chain.run_lean_in_rows refused, so run_lean runs instead)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Chain, "run_lean", lambda self, *args, **kwargs: False)
+        mp.setattr(Chain, "run_lean_in_rows", lambda self, *args, **kwargs: False)
+        if not in_rows_only:
+            mp.setattr(Chain, "run_lean", lambda self, *args, **kwargs: False)
         yield
 
 
@@ -56,9 +59,28 @@ def chain_spy(method, **settings):
         yield calls
 
 
+@contextmanager
 def lean_spy():
-    """Records what each real Chain.run_lean call returned."""
-    return chain_spy("run_lean")
+    """Records whether each fragment's lean forward ran: True when Chain.run_lean_in_rows
+    did, else what Chain.run_lean returned (called only when the first did not run)."""
+    calls = []
+    in_rows, plain = Chain.run_lean_in_rows, Chain.run_lean
+
+    def spy_in_rows(self, *args, **kwargs):
+        got = in_rows(self, *args, **kwargs)
+        if got:
+            calls.append(True)
+        return got
+
+    def spy(self, *args, **kwargs):
+        got = plain(self, *args, **kwargs)
+        calls.append(got)
+        return got
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Chain, "run_lean_in_rows", spy_in_rows)
+        mp.setattr(Chain, "run_lean", spy)
+        yield calls
 
 
 def _fragments(acts):
@@ -785,3 +807,56 @@ def test_a_checked_backward_after_a_lean_forward_makes_the_dropped_values_first(
         plain = _run(net.unroll(T), X, Y)
     _assert_same_grads(checked, out.grads)
     _assert_same_acts(out.acts, plain.acts)
+
+
+# ============================================================ 9. sums written into the states' rows (Chain.run_lean_in_rows)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("T,B,H", [(5, 3, 4), (12, 1, 1), (30, 4, 6)])
+def test_sums_made_in_the_state_rows_equal_run_lean_and_the_plain_run_bitwise(dtype, T, B, H):
+    net, X, Y = _net(T, B, H=H, dtype=dtype, seed=T + 1)
+    ff = net.unroll(T)
+    with chain_spy("run_lean_in_rows") as in_rows:
+        fast = _run(ff, X, Y)
+    assert in_rows == [True]
+    (frag,) = _chain_frags(fast.acts)
+    assert fast.acts._values[frag.chain.states[0]].base is fast.acts._values[frag.chain.states[-1]].base
+    with lean_disabled(in_rows_only=True), lean_spy() as calls:
+        lean = _run(ff, X, Y)
+    assert calls == [True]  # run_lean ran instead
+    with lean_disabled():
+        plain = _run(ff, X, Y)
+    _assert_same_runs(fast, lean)
+    _assert_same_runs(fast, plain)
+    _assert_matches_bptt(fast, net, X, Y, _tol(dtype))
+
+
+@pytest.mark.parametrize("act", ["tanh", "exp"])
+def test_sums_made_in_the_state_rows_on_a_hand_built_chain(act):
+    # U, W and b copies tied (b the PreSum's source); the loss on every state and the last
+    T = 7
+    g, copies, loss, feeds, arrays = _driven(T, B=2, H=3, act=act, wscale=0.1, seed=3, every_state=True)
+    with chain_spy("run_lean_in_rows") as in_rows:
+        acts, grads, pacts, pgrads, calls = _graph_lean_and_plain(g, loss, feeds)
+    assert in_rows[0] is True and calls == [True]
+    _assert_same_acts(acts, pacts)
+    _assert_same_grads(grads, pgrads)
+    con = grads.constrained()
+    for k in "UWb":
+        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
+                                   rtol=1e-6, atol=1e-8, err_msg=k)
+
+
+def test_a_source_in_another_dtype_keeps_the_sums_out_of_the_state_rows():
+    # a float64 bias with float32 projections: the sums are float64, so they are not written
+    # into float32 rows, and run_lean (one dtype too) refuses: the generic loop runs
+    T = 6
+    net, X, Y = _net(T, 2, dtype=np.float32, dtypes={"bias:h": np.float64})
+    ff = net.unroll(T)
+    with chain_spy("run_lean_in_rows") as in_rows, lean_spy() as calls:
+        out = _run(ff, X, Y)
+    assert in_rows == [False] and calls == [False]
+    with lean_disabled():
+        plain = _run(ff, X, Y)
+    _assert_same_runs(out, plain)

@@ -251,6 +251,11 @@ def _presum(group, values, bstore, presums):
 def _forward_fragment(frag, values, bstore, presums):
     """Run a repeated fragment with its generated loop; False when the generic loop must
     (a PreSum without its sums this run, or a runtime error to be reported by node)."""
+    ch = frag.chain
+    if ch is not None and ch.run_lean_in_rows(values, frag.proto[0][2][0], frag.groups[1], frag.F[1],
+                                              bstore, presums):
+        bstore[frag] = True  # ran lean (as below)
+        return True
     P = []
     for kind, _, fwd, _, _ in frag.proto:
         if kind == PRESUM:

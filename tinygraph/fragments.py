@@ -159,7 +159,7 @@ class Chain:
     numbers (so the same bits).  Ufuncs and IEEE addition give the same bits in place."""
 
     __slots__ = ("sums", "states", "products", "pre_rows", "ks", "first_live", "weights", "live_pos",
-                 "recompute", "members", "fast")
+                 "recompute", "members", "fast", "pre_span")
 
     # backward_lean's checks cost about what it saves below a few hundred steps (measured: 4%
     # slower at 20 steps, even at 200, 13-16% faster at 2,000): shorter chains use the generated loop
@@ -195,6 +195,11 @@ class Chain:
         ch.weights = tuple(c[3][1] for _, _, c in reps)
         ch.live_pos = live_pos
         ch.members = tuple(a[3][member_pos] for a, _, _ in reps)
+        # consecutive member-plus-source rows feeding consecutive state rows: (first sum row,
+        # first state row, count), for run_lean_in_rows
+        P, K = ch.pre_rows, ch.ks
+        ch.pre_span = ((P[0], K[0], len(K)) if P == tuple(range(P[0], P[0] + len(P)))
+                       and K == tuple(range(K[0], K[0] + len(K))) else None)
         # backward_lean applies when the VJP entries are the plain ones (checked on the first
         # repetition: every repetition has the same signature) and no member repeats
         (_, _, _, _, va), (_, _, _, _, vb), (_, _, _, _, vc) = steps[:3]
@@ -234,6 +239,58 @@ class Chain:
             nxt = rows[ks[i]]
             dot(r, W, out=nxt)  # the product feeding step i, straight into its row
             nxt += pre[P[i]]     # its sum (the same bits as P_i + product)
+            ufunc(nxt, out=nxt)
+            states.append(nxt)
+            r = nxt
+        deque(map(v.__setitem__, self.states, states), 0)
+        v[self.products[-1]] = dot(r, W)  # the last product feeds steps outside the fragment: kept
+        return True
+
+    def run_lean_in_rows(self, v, psum, group, ufunc, bstore, presums):
+        """The lean forward with the member-plus-source sums (plan.PreSum) written straight
+        into the rows of the states' buffer, where each state is then made in place:
+        ``dot(h, W)`` into a small scratch array, added to the row, ``f`` of the row.  No
+        separate array of sums: what hand-written BPTT does with its projection buffer.  The
+        same numpy calls on the same numbers as PreSum.compute and run_lean (IEEE addition
+        commutes), so the same bits.  Other steps of the PreSum group then get their sum a row
+        at a time (PreSum.rows).  False, with nothing written, unless this run's shapes,
+        dtypes and weights allow it and no step computed the group's sums already."""
+        if self.pre_span is None or psum in presums or psum.batch not in bstore:
+            return False
+        out = bstore[psum.batch][0]
+        srcs = [v[j] for j in psum.sources]
+        x0, W = v[self.first_live], v[self.weights[0]]
+        if not (type(x0) is np.ndarray and type(out) is np.ndarray and type(W) is np.ndarray
+                and x0.ndim >= 1 and x0.dtype.kind == "f" and out.dtype == x0.dtype == W.dtype
+                and W.shape == (x0.shape[-1], x0.shape[-1])
+                and all(np.ndim(x) < out.ndim for x in srcs) and np.result_type(out, *srcs) == x0.dtype
+                and np.broadcast_shapes(out.shape[1:], *map(np.shape, srcs)) == x0.shape
+                and all(map(_is, map(v.__getitem__, self.weights), repeat(W)))):
+            return False
+        rows, shape, dtype = group.value_rows(x0, bstore)
+        p0, k0, n = self.pre_span
+        buf = rows[0].base if rows else None
+        if (shape != x0.shape or dtype != x0.dtype or buf is None or buf.shape != (len(rows),) + shape
+                or p0 + n > len(out) or k0 + n > len(rows)):
+            return False
+        sums = buf[k0:k0 + n]
+        if srcs:  # (out[rows] + s0) + s1 ...: the order of PreSum.plus_sources
+            np.add(out[p0:p0 + n], srcs[0], out=sums)
+            for x in srcs[1:]:
+                sums += x
+        else:
+            np.copyto(sums, out[p0:p0 + n])
+        presums[psum] = psum.rows(out, v)
+        dot, ks = np.dot, self.ks
+        r = rows[ks[0]]
+        r += x0  # the first sum, its member-plus-sources + its live operand
+        ufunc(r, out=r)
+        states = [r]
+        scratch = np.empty(shape, dtype)
+        for i in range(1, len(ks)):
+            nxt = rows[ks[i]]
+            dot(r, W, out=scratch)  # the product feeding step i
+            nxt += scratch           # its sum, made in the row (the same bits as P_i + product)
             ufunc(nxt, out=nxt)
             states.append(nxt)
             r = nxt

@@ -444,6 +444,21 @@ class PreSum:
             total = total + values[j]
         return total
 
+    def rows(self, out, values):
+        """The stacked sums made one row at a time, on request (``rows(...)[k]``), from the
+        batch's stacked output: the same bits as row k of ``compute``."""
+        return _RowSums(self, out, values)
+
+
+class _RowSums:
+    __slots__ = ("presum", "out", "values")
+
+    def __init__(self, presum, out, values):
+        self.presum, self.out, self.values = presum, out, values
+
+    def __getitem__(self, k):
+        return self.presum.plus_sources(self.out[k], self.values)
+
 
 def _with_presums(steps, nodes, member_of, batches, tied, uses):
     """add_n steps of one shape of operands (one batch member, sources shared by value,
