@@ -247,6 +247,9 @@ def bench_config(config, dtype, repeats, warmup=1, use_torch=True, pause=0.1, pr
     for impl in impls:
         s = summarize(times[impl.name])
         s["ratio"] = float(np.median(times[impl.name]) / floor_med)
+        # each round times every implementation back to back: the median of the per-round
+        # ratios is less swayed by the machine's speed drifting between rounds
+        s["ratio_paired"] = float(np.median(np.asarray(times[impl.name]) / np.asarray(times[impls[0].name])))
         s["times_ms"] = [t * 1e3 for t in times[impl.name]]
         res["impls"][impl.name] = s
     # all implementations took the same SGD steps from the same start: their losses must agree

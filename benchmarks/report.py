@@ -120,9 +120,9 @@ def results_md(payload):
     L.append("")
     L.append("## Step time (median ms) and ratio to the floor")
     L.append("")
-    L.append("| config (H, B, T, I) | dtype | floor ms | tinygraph ms | tinygraph ratio | goal | met | "
+    L.append("| config (H, B, T, I) | dtype | floor ms | tinygraph ms | tinygraph ratio | paired | goal | met | "
              "torch loop | torch nn.RNN | faster than torch | others' load | redone |")
-    L.append("|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|")
+    L.append("|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|")
     for res in payload["results"]:
         c = res["config"]
         imp = res["impls"]
@@ -131,13 +131,16 @@ def results_md(payload):
         tg = imp.get("tinygraph")
         cell = lambda n: (f"{_fmt_ms(imp[n])} ({imp[n]['ratio']:.2f}x)" if n in imp else "–")  # noqa: E731
         L.append(f"| {c['name']} ({c['H']}, {c['B']}, {c['T']}, {c['I']}) | {res['dtype']} | {_fmt_ms(fl)} | "
-                 f"{_fmt_ms(tg) if tg else '–'} | **{tg['ratio']:.2f}x** | <= {goal:g}x | "
+                 f"{_fmt_ms(tg) if tg else '–'} | **{tg['ratio']:.2f}x** | "
+                 f"{format(tg['ratio_paired'], '.2f') + 'x' if 'ratio_paired' in tg else '–'} | <= {goal:g}x | "
                  f"{'yes' if met else '**no**'} | {cell('torch loop')} | {cell('torch nn.RNN')} | "
                  f"{'–' if faster is None else ('yes' if faster else '**no**')} | "
                  f"{'?' if res.get('other_load') is None else format(res['other_load'], '.2f')} | "
                  f"{res.get('rounds_discarded', 0)} |")
     L.append("")
-    L.append("torch columns: median ms (ratio to the floor). others' load: cores kept busy by other processes "
+    L.append("tinygraph ratio: its median over the floor's median (what the goals are judged on). paired: the "
+             "median over rounds of tinygraph's time over the floor's in the same round, which the machine's speed "
+             "drifting between rounds sways less. torch columns: median ms (ratio to the floor). others' load: cores kept busy by other processes "
              "during that row's timed rounds (median over rounds, from /proc/stat with our own CPU time "
              "subtracted); on this 2-core machine anything well above 0 slows the 2-thread BLAS and OpenMP runs "
              "(PyTorch's most: its OpenMP threads wait for a core) and makes that row noisy. redone: rounds "

@@ -114,7 +114,10 @@ def test_harness_runs_end_to_end(tmp_path):
         ("tiny", "float32"), ("tiny", "float64"), ("long", "float32"), ("long", "float64")]
     for r in payload["results"]:
         assert set(r["impls"]) == {"numpy floor", "tinygraph"}
-        assert r["impls"]["numpy floor"]["ratio"] == 1.0
+        assert r["impls"]["numpy floor"]["ratio"] == 1.0 == r["impls"]["numpy floor"]["ratio_paired"]
+        tg_ = r["impls"]["tinygraph"]  # the paired ratio: the median of the two rounds' ratios
+        t, f = np.asarray(tg_["times_ms"]), np.asarray(r["impls"]["numpy floor"]["times_ms"])
+        assert tg_["ratio_paired"] == pytest.approx(float(np.median(t / f)))
         assert all(len(s["times_ms"]) == 2 and s["median_ms"] > 0 for s in r["impls"].values())
         assert all(a["ok"] for a in r["agreement"].values()), r["agreement"]
         assert all(a["ok"] for a in r["loss_agreement"].values()), r["loss_agreement"]
