@@ -262,11 +262,10 @@ class Chain:
         x0, W = v[self.first_live], v[self.weights[0]]
         if not (type(x0) is np.ndarray and type(out) is np.ndarray and type(W) is np.ndarray
                 and x0.ndim >= 1 and x0.dtype.kind == "f" and out.dtype == x0.dtype == W.dtype
-                and W.shape == (x0.shape[-1], x0.shape[-1])
-                and all(np.ndim(x) < out.ndim for x in srcs) and np.result_type(out, *srcs) == x0.dtype
-                and np.broadcast_shapes(out.shape[1:], *map(np.shape, srcs)) == x0.shape
+                and W.shape == (x0.shape[-1], x0.shape[-1]) and out.shape[1:] == x0.shape
+                and all(type(x) is np.ndarray and x.dtype == x0.dtype and x.ndim < out.ndim for x in srcs)
                 and all(map(_is, map(v.__getitem__, self.weights), repeat(W)))):
-            return False
+            return False  # (sources of one dtype: the sums keep it; numpy checks their shapes below)
         rows, shape, dtype = group.value_rows(x0, bstore)
         p0, k0, n = self.pre_span
         buf = rows[0].base if rows else None
@@ -275,9 +274,12 @@ class Chain:
             return False
         sums = buf[k0:k0 + n]
         if srcs:  # (out[rows] + s0) + s1 ...: the order of PreSum.plus_sources
-            np.add(out[p0:p0 + n], srcs[0], out=sums)
-            for x in srcs[1:]:
-                sums += x
+            try:  # (a source that would broadcast the sums beyond the rows' shape: refused, nothing written)
+                np.add(out[p0:p0 + n], srcs[0], out=sums)
+                for x in srcs[1:]:
+                    sums += x
+            except ValueError:
+                return False
         else:
             np.copyto(sums, out[p0:p0 + n])
         presums[psum] = psum.rows(out, v)
