@@ -274,6 +274,14 @@ def _driven(T=6, B=3, H=3, I=2, act="tanh", weights="tied", extra=None, h0_rows=
     return g, copies, loss, feeds, {"U": U, "W": W, "b": b}
 
 
+def _assert_shared_grads_match_fd(grads, g, loss, feeds, copies, arrays):
+    """The constrained gradient of each shared array (U, W, b) against finite differences."""
+    con = grads.constrained()
+    for k in "UWb":
+        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
+                                   rtol=1e-6, atol=1e-8, err_msg=k)
+
+
 def _driven_bptt(act, arrays, feeds, T):
     """Loss, states, dE/dU, dE/dW, dE/db (summed over copies), dE/dh0, in float64 numpy."""
     f = {"tanh": np.tanh, "exp": np.exp}[act]
@@ -545,10 +553,7 @@ def test_a_second_consumer_of_a_sum_or_product_is_no_chain(extra, is_chain):
     # against finite differences: the inputs one by one, each shared array as a whole
     wrt = [g["h0"]] + [g[f"x@t{t}"] for t in (1, 3, T)]
     assert tg.check_gradients(g, loss, feeds, wrt=wrt) < 1e-6
-    con = grads.constrained()
-    for k in "UWb":
-        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
-                                   rtol=1e-6, atol=1e-8, err_msg=k)
+    _assert_shared_grads_match_fd(grads, g, loss, feeds, copies, arrays)
 
 
 # ============================================================ 5. exp: a slope op whose slope is its output
@@ -774,10 +779,7 @@ def test_chain_backward_on_a_hand_built_chain(extra, every_state):
     assert calls == [every_state]
     _assert_same_acts(acts, pacts)
     _assert_same_grads(grads, pgrads)
-    con = grads.constrained()
-    for k in "UWb":
-        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
-                                   rtol=1e-6, atol=1e-8, err_msg=k)
+    _assert_shared_grads_match_fd(grads, g, loss, feeds, copies, arrays)
 
 
 def test_chain_backward_repeated_sweeps_do_not_write_into_earlier_ones():
@@ -842,10 +844,7 @@ def test_sums_made_in_the_state_rows_on_a_hand_built_chain(act):
     assert in_rows[0] is True and calls == [True]
     _assert_same_acts(acts, pacts)
     _assert_same_grads(grads, pgrads)
-    con = grads.constrained()
-    for k in "UWb":
-        np.testing.assert_allclose(con[copies[k][0]], shared_fd(g, loss, feeds, arrays[k]),
-                                   rtol=1e-6, atol=1e-8, err_msg=k)
+    _assert_shared_grads_match_fd(grads, g, loss, feeds, copies, arrays)
 
 
 def test_a_source_in_another_dtype_keeps_the_sums_out_of_the_state_rows():

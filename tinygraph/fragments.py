@@ -230,21 +230,33 @@ class Chain:
         rows, shape, dtype = group.value_rows(x0, bstore)
         if shape != x0.shape or dtype != x0.dtype:
             return False
+        r = rows[self.ks[0]]
+        np.add(pre[self.pre_rows[0]], x0, out=r)  # the first sum, P_1 + its live operand
+        self._recur(v, rows, r, W, ufunc, pre)
+        return True
+
+    def _recur(self, v, rows, r, W, ufunc, pre=None):
+        """From the first sum, in row r: each state made in its row, ``f`` of the sum of the
+        step's member-plus-sources (``pre``'s row, or already in the row when ``pre`` is None)
+        and the product of the previous state and W; then the states stored, and the last
+        product, which feeds steps outside the fragment."""
         dot, ks, P = np.dot, self.ks, self.pre_rows
-        r = rows[ks[0]]
-        np.add(pre[P[0]], x0, out=r)  # the first sum, P_1 + its live operand
         ufunc(r, out=r)
         states = [r]
+        scratch = None if pre is not None else np.empty(r.shape, r.dtype)
         for i in range(1, len(ks)):
             nxt = rows[ks[i]]
-            dot(r, W, out=nxt)  # the product feeding step i, straight into its row
-            nxt += pre[P[i]]     # its sum (the same bits as P_i + product)
+            if pre is not None:
+                dot(r, W, out=nxt)  # the product feeding step i, straight into its row
+                nxt += pre[P[i]]     # its sum (the same bits as P_i + product)
+            else:
+                dot(r, W, out=scratch)  # the product, added to the sums already in the row
+                nxt += scratch
             ufunc(nxt, out=nxt)
             states.append(nxt)
             r = nxt
         deque(map(v.__setitem__, self.states, states), 0)
-        v[self.products[-1]] = dot(r, W)  # the last product feeds steps outside the fragment: kept
-        return True
+        v[self.products[-1]] = dot(r, W)
 
     def run_lean_in_rows(self, v, psum, group, ufunc, bstore, presums):
         """The lean forward with the member-plus-source sums (plan.PreSum) written straight
@@ -283,21 +295,9 @@ class Chain:
         else:
             np.copyto(sums, out[p0:p0 + n])
         presums[psum] = psum.rows(out, v)
-        dot, ks = np.dot, self.ks
-        r = rows[ks[0]]
+        r = rows[self.ks[0]]
         r += x0  # the first sum, its member-plus-sources + its live operand
-        ufunc(r, out=r)
-        states = [r]
-        scratch = np.empty(shape, dtype)
-        for i in range(1, len(ks)):
-            nxt = rows[ks[i]]
-            dot(r, W, out=scratch)  # the product feeding step i
-            nxt += scratch           # its sum, made in the row (the same bits as P_i + product)
-            ufunc(nxt, out=nxt)
-            states.append(nxt)
-            r = nxt
-        deque(map(v.__setitem__, self.states, states), 0)
-        v[self.products[-1]] = dot(r, W)  # the last product feeds steps outside the fragment: kept
+        self._recur(v, rows, r, W, ufunc)
         return True
 
     def backward_lean(self, v, grads, owned, slopes, outer, transposed):
