@@ -408,8 +408,7 @@ class Activations:
 
     def __contains__(self, key):
         try:
-            self._node(key)
-            return True
+            return self.computed(self.graph.own(key, "activations"))
         except GraphError:
             return False
 

@@ -503,7 +503,8 @@ class ConstraintSet:
             s[...] = first
 
     def correct(self, variables=None):
-        """Re-project the values of the systems touching ``variables`` (rounding drift)."""
+        """Re-project the values of the systems touching ``variables`` (any container that
+        answers ``in``; None: all) to remove rounding drift."""
         for s in self._systems or []:
             if variables is None or any(v in variables for v in s.variables):
                 s.correct_values()

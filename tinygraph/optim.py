@@ -110,9 +110,7 @@ class Optimizer:
                                  f"{g.shape}, expected {v.shape}")
         if self.weight_decay:
             per_var = {v: g + self.weight_decay * v.value for v, g in per_var.items()}
-        constrained = bool(cs.systems)
-        if constrained:
-            per_var = cs.project(per_var)
+        per_var = cs.project(per_var)
         norm = math.sqrt(sum(map(_squared_norm, per_var.values())))
         self.last_grad_norm = norm
         if self.clip_norm is not None and norm > self.clip_norm:
@@ -126,12 +124,11 @@ class Optimizer:
             if st is None or st["_array"] is not first:
                 st = state[id(first)] = {"_array": first}
             deltas[v] = self._delta(st, g)
-        if self._needs_step_projection and constrained:
+        if self._needs_step_projection:
             deltas = cs.project(deltas)
         for v, d in deltas.items():
             cs.apply_step(v, d)
-        if constrained:
-            cs.correct(set(deltas))
+        cs.correct(deltas)
         return norm
 
     _needs_step_projection = False
