@@ -691,19 +691,19 @@ def test_lean_equals_plain_for_random_shapes(T, B, H, I, dtype, seed):
     _assert_matches_bptt(lean, net, X, Y, _tol(dtype) * (10 if dtype == np.float32 else 1))
 
 
-# ============================================================ 8. the chain's own backward loop (Chain.backward_lean)
+# ============================================================ 8. the chain's own backward loop (Chain.run_backward)
 
 
 def chain_backward(min_steps=1):
-    """Chain.backward_lean allowed from ``min_steps`` on; yields what each call returned."""
-    return chain_spy("backward_lean", MIN_STEPS_LEAN_BACKWARD=min_steps)
+    """Chain.run_backward allowed from ``min_steps`` on; yields what each call returned."""
+    return chain_spy("run_backward", MIN_STEPS_LEAN_BACKWARD=min_steps)
 
 
 @contextmanager
 def chain_backward_refused():
-    """Chain.backward_lean never applies: the generated loop does the lean backward."""
+    """Chain.run_backward never applies: the generated loop does the lean backward."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Chain, "backward_lean", lambda self, *args, **kwargs: False)
+        mp.setattr(Chain, "run_backward", lambda self, *args, **kwargs: False)
         yield
 
 

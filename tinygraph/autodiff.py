@@ -606,7 +606,7 @@ def _backward_fragment(frag, values, grads, owned, slopes, outer, transposed, ac
     for m, p, tid in frag.outer_entries:
         O[m][p] = outer.setdefault(tid, ([], []))
     lean = bstore.get(frag)
-    if lean and frag.chain.backward_lean(values, grads, owned, S[1][0], O[2][1], transposed):
+    if lean and frag.chain.run_backward(values, grads, owned, S[1][0], O[2][1], transposed):
         return
     (frag.backward_lean if lean else frag.backward)(
         values, grads, owned, frag.rows, frag.G, S, O, transposed, accumulate, _ops.unbroadcast,

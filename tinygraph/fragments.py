@@ -161,7 +161,7 @@ class Chain:
     __slots__ = ("sums", "states", "products", "pre_rows", "ks", "first_live", "weights", "live_pos",
                  "recompute", "members", "fast", "pre_span")
 
-    # backward_lean's checks cost about what it saves below a few hundred steps (measured: 4%
+    # run_backward's checks cost about what it saves below a few hundred steps (measured: 4%
     # slower at 20 steps, even at 200, 13-16% faster at 2,000): shorter chains use the generated loop
     MIN_STEPS_LEAN_BACKWARD = 500
 
@@ -200,7 +200,7 @@ class Chain:
         P, K = ch.pre_rows, ch.ks
         ch.pre_span = ((P[0], K[0], len(K)) if P == tuple(range(P[0], P[0] + len(P)))
                        and K == tuple(range(K[0], K[0] + len(K))) else None)
-        # backward_lean applies when the VJP entries are the plain ones (checked on the first
+        # run_backward applies when the VJP entries are the plain ones (checked on the first
         # repetition: every repetition has the same signature) and no member repeats
         (_, _, _, _, va), (_, _, _, _, vb), (_, _, _, _, vc) = steps[:3]
         ch.fast = (all(v is (_ops.passthrough if p in (live_pos, member_pos) else SOURCE_VIA_BATCH)
@@ -217,16 +217,26 @@ class Chain:
             ch.recompute[c[1]] = ("dot",) + tuple(c[3])
         return ch
 
+    def _operands(self, v, sums):
+        """(first live operand, weight) when this run can go lean: both float arrays of one
+        dtype, a square weight that every step's copy shares, and ``sums`` (the stacked
+        member-plus-sources, or the batch output they are made from) of that dtype with
+        rows of the live operand's shape; else None."""
+        x0, W = v[self.first_live], v[self.weights[0]]
+        if (type(x0) is np.ndarray and type(sums) is np.ndarray and type(W) is np.ndarray
+                and x0.ndim >= 1 and x0.dtype.kind == "f" and x0.dtype == sums.dtype == W.dtype
+                and sums.shape[1:] == x0.shape and W.shape == (x0.shape[-1], x0.shape[-1])
+                and all(map(_is, map(v.__getitem__, self.weights), repeat(W)))):
+            return x0, W
+        return None
+
     def run_lean(self, v, pre, group, ufunc, bstore):
         """The lean forward, or False (nothing written) when this run's shapes, dtypes or
         weights do not allow it."""
-        x0 = v[self.first_live]
-        W = v[self.weights[0]]
-        if not (type(x0) is np.ndarray and type(pre) is np.ndarray and type(W) is np.ndarray
-                and x0.shape == pre.shape[1:] and x0.ndim >= 1 and x0.dtype == pre.dtype == W.dtype
-                and x0.dtype.kind == "f" and W.shape == (x0.shape[-1], x0.shape[-1])
-                and all(map(_is, map(v.__getitem__, self.weights), repeat(W)))):
+        got = self._operands(v, pre)
+        if got is None:
             return False
+        x0, W = got
         rows, shape, dtype = group.value_rows(x0, bstore)
         if shape != x0.shape or dtype != x0.dtype:
             return False
@@ -271,13 +281,11 @@ class Chain:
             return False
         out = bstore[psum.batch][0]
         srcs = [v[j] for j in psum.sources]
-        x0, W = v[self.first_live], v[self.weights[0]]
-        if not (type(x0) is np.ndarray and type(out) is np.ndarray and type(W) is np.ndarray
-                and x0.ndim >= 1 and x0.dtype.kind == "f" and out.dtype == x0.dtype == W.dtype
-                and W.shape == (x0.shape[-1], x0.shape[-1]) and out.shape[1:] == x0.shape
-                and all(type(x) is np.ndarray and x.dtype == x0.dtype and x.ndim < out.ndim for x in srcs)
-                and all(map(_is, map(v.__getitem__, self.weights), repeat(W)))):
+        got = self._operands(v, out)
+        if got is None or not all(type(x) is np.ndarray and x.dtype == out.dtype and x.ndim < out.ndim
+                                  for x in srcs):
             return False  # (sources of one dtype: the sums keep it; numpy checks their shapes below)
+        x0, W = got
         rows, shape, dtype = group.value_rows(x0, bstore)
         p0, k0, n = self.pre_span
         buf = rows[0].base if rows else None
@@ -300,7 +308,7 @@ class Chain:
         self._recur(v, rows, r, W, ufunc)
         return True
 
-    def backward_lean(self, v, grads, owned, slopes, outer, transposed):
+    def run_backward(self, v, grads, owned, slopes, outer, transposed):
         """The backward of a chain that ran lean, as hand-written BPTT does it: per step,
         ``dot(g, W.T)`` added into the state's gradient, multiplied by its slope in place,
         three numpy calls and no per-step bookkeeping; the gradients of the sums, members
