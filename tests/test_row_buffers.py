@@ -613,9 +613,17 @@ def _rnn_run(T=6):
 
 
 def _per_node_feeds(em, X, Y, B):
-    feeds = {em.batch_node: np.empty((B, 0))}
+    """Every input node fed its own row: the one clamp record X, the one target record Y."""
+    return _node_by_node(em, [(None, None, None, X)], [(None, None, None, Y, None)], B)
+
+
+def _node_by_node(em, clamps, targets, B):
+    """Every input node fed its own row of its record (resolved clamps and targets: values
+    at [3], a target's mask at [4]), keyed by node: the feeds the engine got before records
+    were fed whole."""
+    feeds = {em.batch_node: np.empty((B, 0))} if em.batch_node is not None else {}
     for node, kind, r, pos in em.feeds:
-        feeds[node] = (X if kind == "clamp" else Y)[pos]
+        feeds[node] = (clamps[r][3] if kind == "clamp" else targets[r][3] if kind == "target" else targets[r][4])[pos]
     return feeds
 
 
@@ -929,11 +937,7 @@ def test_records_fed_whole_equal_the_same_data_fed_node_by_node(T, B, seed, clam
     if clamp_steps != "some" and clamp_units is None:  # the x record is the projections' operand
         assert P.FED in out.acts._bstore
     cl, tg_, batch = rnn.data.resolve_all(net, T, clamps, targets)
-    per_node = {em.batch_node: np.empty((batch, 0))} if em.batch_node is not None else {}
-    for node, kind, r, pos in em.feeds:
-        arr = cl[r][3] if kind == "clamp" else tg_[r][3] if kind == "target" else tg_[r][4]
-        per_node[node] = arr[pos]
-    acts = run_forward(g, per_node, trusted=True)
+    acts = run_forward(g, _node_by_node(em, cl, tg_, batch), trusted=True)
     grads = acts.backward(em.loss)
     for n in g.nodes:
         if acts.value(n.index) is not None or out.acts.value(n.index) is not None:
