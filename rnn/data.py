@@ -104,13 +104,15 @@ def _values(values, n_steps, n_units, where, integer=False):
 
 
 def _all_finite(arr):
-    """Every value finite?  Without a temporary: for small arrays the smallest and the largest
-    value (np.minimum and np.maximum carry NaN); for large contiguous ones the sum of squares,
-    one BLAS pass (NaN and infinity carry into it; when it is not finite the squares may just
-    have overflowed, so the values are then looked at one by one)."""
-    if arr.size < 4096 or not arr.flags.c_contiguous:  # (np.isfinite: a long double may exceed a float)
-        return not arr.size or bool(np.isfinite(np.minimum.reduce(arr, axis=None))
-                                    and np.isfinite(np.maximum.reduce(arr, axis=None)))
+    """Every value finite?  Small arrays: np.isfinite (one call, a small temporary).  Large
+    ones without a temporary: if not contiguous, the smallest and the largest value
+    (np.minimum and np.maximum carry NaN); if contiguous, the sum of squares, one BLAS pass
+    (NaN and infinity carry into it; when it is not finite the squares may just have
+    overflowed, so the values are then looked at one by one)."""
+    if arr.size < 4096:
+        return bool(np.logical_and.reduce(np.isfinite(arr), axis=None))
+    if not arr.flags.c_contiguous:  # (np.isfinite: a long double may exceed a float)
+        return bool(np.isfinite(np.minimum.reduce(arr, axis=None)) and np.isfinite(np.maximum.reduce(arr, axis=None)))
     flat = arr.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):
         if math.isfinite(np.dot(flat, flat)):

@@ -77,6 +77,24 @@ def get(name):
 _BLAS_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_ONES = {}  # (length, dtype) -> a read-only vector of ones, for _sum_leading
+_ONES_KEPT = 8  # vectors kept (a run sums a few lengths, over and over) ...
+_ONES_LONGEST = 1 << 16  # ... short ones: making a long one costs little next to its product
+
+
+def _ones(n, dtype):
+    """A vector of n ones, made once for the short lengths a run sums over and over."""
+    v = _ONES.get((n, dtype))
+    if v is None:
+        v = np.ones(n, dtype)
+        if n <= _ONES_LONGEST:
+            if len(_ONES) >= _ONES_KEPT:
+                _ONES.clear()
+            v.flags.writeable = False
+            _ONES[(n, dtype)] = v
+    return v
+
+
 def _sum_leading(grad, k):
     """``grad`` summed over its first k axes (a bias's gradient over time and batch).  For a
     contiguous float32/float64 array with axes left, as one matrix-vector product with a
@@ -85,7 +103,7 @@ def _sum_leading(grad, k):
     if (type(grad) is np.ndarray and grad.ndim > k and grad.size and grad.dtype in _BLAS_FLOATS
             and grad.flags.c_contiguous):
         n = math.prod(grad.shape[:k])
-        return (np.ones(n, grad.dtype) @ grad.reshape(n, -1)).reshape(grad.shape[k:])
+        return (_ones(n, grad.dtype) @ grad.reshape(n, -1)).reshape(grad.shape[k:])
     # (np.add.reduce is what ndarray.sum calls, without its Python wrapper)
     return np.add.reduce(grad, axis=0 if k == 1 else tuple(range(k)))
 
