@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import tinygraph as tg
 import tinygraph.autodiff as AD
 from tinygraph.plan import BATCH, TIED_MATMUL_A, TIED_OUTER, SlopeGroup, SlopeRow
+from tinygraph.rowbuffers import RowIndex
 
 from shared import shared_fd
 
@@ -133,17 +134,23 @@ def test_slopes_fall_back_when_runtime_shapes_differ():
 
 @settings(max_examples=30, deadline=None)
 @given(rows=st.lists(st.integers(0, 5), min_size=1, max_size=12), k=st.integers(1, 4), n=st.integers(1, 4),
-       chunk=st.integers(1, 64), seed=st.integers(0, 2**16))
-def test_sum_outer_is_the_sum_of_products_for_any_chunking(rows, k, n, chunk, seed):
+       chunk=st.integers(1, 64), small=st.sampled_from([0, 10**6]), in_rows=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_sum_outer_is_the_sum_of_products_for_any_chunking(rows, k, n, chunk, small, in_rows, seed):
     rng = np.random.default_rng(seed)
     As = [rng.standard_normal((r, k)) for r in rows]
     Gs = [rng.standard_normal((r, n)) for r in rows]
-    old = AD.OUTER_CHUNK
+    index = None
+    if in_rows and len(set(rows)) == 1:  # operands that are rows of row buffers, read in place
+        index = RowIndex()
+        As, Gs = index.adopt(np.stack(As))[::-1], index.adopt(np.stack(Gs))[::-1]  # (collected last first)
+    old = AD.OUTER_CHUNK, AD.OUTER_SMALL
     AD.OUTER_CHUNK = chunk  # small chunks: several partial products must add up
+    AD.OUTER_SMALL = small  # 0: never simply stacked; 10**6: always
     try:
-        got = AD._sum_outer(As, Gs)
+        got = AD._sum_outer(As, Gs, index)
     finally:
-        AD.OUTER_CHUNK = old
+        AD.OUTER_CHUNK, AD.OUTER_SMALL = old
     want = sum(a.T @ g for a, g in zip(As, Gs))
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 

@@ -498,8 +498,8 @@ def backward_pass(acts, loss, seed, check_finite=False):
         if t is not None:
             store, key = (wide, (id(t), gi.shape)) if gi.shape != shape else (tsum, id(t))
             cur = store.get(key)
-            if cur is None:
-                store[key] = np.array(gi, copy=True)  # owned: later contributions add in place
+            if cur is None:  # owned: later contributions add in place
+                store[key] = gi if fresh and type(gi) is ndarray else np.array(gi, copy=True)
             else:
                 cur += gi
             return
@@ -631,6 +631,7 @@ def _slopes(group, values, bstore, slopes, rows):
 
 
 OUTER_CHUNK = 1 << 18  # elements of the stacked operands per product: bounds _sum_outer's extra memory
+OUTER_SMALL = 1 << 12  # up to this many elements in all, the operands are simply stacked (cheaper than finding rows)
 
 
 def _sum_outer(As, Gs, rows=None):
@@ -639,6 +640,8 @@ def _sum_outer(As, Gs, rows=None):
     consecutive rows of row buffers the product reads them in place; the rest is stacked
     in chunks, which bounds the extra memory."""
     As, Gs = As[::-1], Gs[::-1]  # backward collected them last step first
+    if len(As) * (As[0].size + Gs[0].size) <= OUTER_SMALL:
+        rows = None  # (one product of the stacked operands, below)
     pa, pg = ((runs(x, rows) if rows is not None else [(0, len(x), None)]) for x in (As, Gs))
     cuts = sorted({c for lo, hi, _ in pa + pg for c in (lo, hi)})
     total = None
@@ -720,7 +723,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         _source_grads_one_by_one(b, grads, accumulate)
     else:
         for j, rows, shape, _ in b.source_grads:  # tied sources of PreSum add_n nodes (plan.SOURCE_VIA_BATCH)
-            accumulate(j, _ops.unbroadcast(G if rows is None else G[rows], shape))
+            accumulate(j, _ops.unbroadcast(G if rows is None else G[rows], shape), True)  # (a sum: fresh)
     if check_finite and _not_finite(G):
         for k, m in enumerate(members):
             if _not_finite(G[k]):
@@ -744,10 +747,11 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         gi = b.vjps[pos](G, out, *args)
         if gi is None:
             continue
-        if kind == "shared":
-            accumulate(ref, unbroadcast(gi, np.shape(values[ref])))
-        elif kind == "tied":
-            accumulate(ref[0], unbroadcast(gi, np.shape(values[ref[0]])))
+        if kind == "shared" or kind == "tied":
+            j = ref if kind == "shared" else ref[0]
+            shape = np.shape(values[j])
+            # fresh: a new product (built-in matmul), or summed over the stacked axes here
+            accumulate(j, unbroadcast(gi, shape), b.fresh_vjps or (type(gi) is np.ndarray and gi.shape != shape))
         elif kind == "batch":
             natural = bstore[ref][0].shape
             gi = unbroadcast(gi, args[pos].shape)
