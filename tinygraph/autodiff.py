@@ -17,7 +17,7 @@ from . import ops as _ops
 from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .node import Node
-from .plan import (BATCH, BATCH_SUM, FED, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
+from .plan import (BATCH, BATCH_SUM, DROPPED, FED, KEPT, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
                    stack_rows)
 from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
@@ -190,7 +190,58 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         for node in plan.inputs:
             _check_value(node, values)
     _run_steps(plan.steps if check_finite else plan.fast_steps, values, bstore, {}, nodes, check_finite)
+    if not check_finite and plan.kept_sources:
+        bstore[KEPT] = {key: values[j].copy() if type(values[j]) is np.ndarray else np.array(values[j], copy=True)
+                        for key, j in plan.kept_sources.items()}
+        for bid in plan.droppable:
+            got = bstore.get(bid)
+            if got is not None and got[0].nbytes >= DROP_MIN_BYTES:
+                _drop_output(plan, plan.batches[bid], values, bstore)
     return Activations(graph, plan, values, bstore)
+
+
+DROP_MIN_BYTES = 1 << 16  # smaller batch outputs are kept: letting them go costs more time than it saves memory
+_STAND_INS = {}  # (shape, dtype) -> a read-only array of that shape without memory (all strides 0)
+
+
+def _stand_in(shape, dtype):
+    got = _STAND_INS.get((shape, dtype))
+    if got is None:
+        if len(_STAND_INS) >= 64:
+            _STAND_INS.clear()
+        got = _STAND_INS[(shape, dtype)] = np.broadcast_to(np.zeros((), dtype), shape)
+    return got
+
+
+def _as_run(plan, j, values, bstore):
+    """Source j's value as the run had it: its copy (Plan.kept_sources; an optimizer step
+    since may have changed the parameter in place), else the value itself."""
+    kept = bstore.get(KEPT)
+    got = kept.get(plan.kept_key(j)) if kept else None
+    return values[j] if got is None else got
+
+
+def _drop_output(plan, b, values, bstore):
+    """Let go of batch b's stacked output (Plan.droppable) unless the copies of its source
+    operands (Plan.kept_sources), from which it is made again, are not much smaller.  What
+    backward reads in its place has its shape and dtype and no memory (its VJPs do not read
+    it), and so do the members' values, which Activations.value makes again when asked."""
+    out, args = bstore[b.id]
+    args = list(args)
+    copied = 0
+    for pos, (kind, ref) in enumerate(b.inputs):
+        if kind in ("shared", "tied"):
+            a = _as_run(plan, ref if kind == "shared" else ref[0], values, bstore)
+            if a is not args[pos]:  # the run's copy: an optimizer step may change the param
+                args[pos] = a
+                copied += a.size
+    if out.size <= 2 * copied:
+        return
+    stand_in = _stand_in(out.shape, out.dtype)
+    bstore[b.id] = (stand_in, args)
+    bstore.setdefault(DROPPED, {})[b.id] = True
+    if not b.lazy:
+        deque(map(values.__setitem__, b.members, repeat(stand_in[0] if out.ndim > 1 else stand_in[0, ...])), 0)
 
 
 def _run_steps(steps, values, bstore, presums, nodes, check_finite):
@@ -340,11 +391,17 @@ def _forward_batch(b, values, bstore, eager=False):
     bstore[b.id] = (out, args)
     if b.lazy and not eager:
         return True  # only other batches read these members: Activations.value makes their rows when asked
-    if out.ndim > 1:  # rows are views: every member keeps its own value
-        deque(map(values.__setitem__, b.members, out), 0)
-    else:  # 0-d views out[k, ...], not copied scalars
-        deque(map(values.__setitem__, b.members, map(out.__getitem__, product(range(len(out)), (Ellipsis,)))), 0)
+    _store_rows(b, out, values)
     return True
+
+
+def _store_rows(b, out, values):
+    """Every member's value: its row of the batch's output, a view (0-d views out[k, ...],
+    not copied scalars, for members without axes)."""
+    if out.ndim > 1:
+        deque(map(values.__setitem__, b.members, out), 0)
+    else:
+        deque(map(values.__setitem__, b.members, map(out.__getitem__, product(range(len(out)), (Ellipsis,)))), 0)
 
 
 class Activations:
@@ -362,6 +419,12 @@ class Activations:
         and so do inputs fed whole to one batch (_trusted_feeds); the sums and products a
         lean chain did not keep (fragments.Chain) are made again."""
         v = self._values[i] if i < len(self._values) else None
+        dropped = self._bstore.get(DROPPED)
+        if dropped:  # a member of a batch whose output this run let go: made again, all of it
+            mb = self.plan.member_of.get(i)
+            if mb is not None and mb[0] in dropped:
+                self._remake_batch(mb[0])
+                v = self._values[i]
         if v is None:
             mb = self.plan.member_of.get(i)
             if mb is not None and mb[0] in self._bstore:
@@ -376,6 +439,16 @@ class Activations:
                     v = self._values[i] = arr[fr[1]]
         return v
 
+    def _remake_batch(self, bid):
+        """A dropped batch output (_drop_output), made by the same call on the same operands
+        (so the same bits), and its members' rows."""
+        b = self.plan.batches[bid]
+        args = self._bstore[bid][1]
+        out = b.forward(*args)
+        self._bstore[bid] = (out, args)
+        del self._bstore[DROPPED][bid]
+        _store_rows(b, out, self._values)
+
     def _remake(self, i):
         """A chain's sum or product, with the numpy calls that made it in the run: a product is
         ``np.dot(state, weight)`` (both kept); a sum is ``((member + sources...) + live)``,
@@ -383,9 +456,9 @@ class Activations:
         how = self.plan.recompute[i]
         values = self._values
         if how[0] == "dot":
-            return np.dot(values[how[1]], values[how[2]])
+            return np.dot(values[how[1]], _as_run(self.plan, how[2], values, self._bstore))
         _, group, member, live = how
-        total = group.plus_sources(self.value(member), values)
+        total = group.plus_sources(self.value(member), {j: _as_run(self.plan, j, values, self._bstore) for j in group.sources})
         x = values[live]
         if x is None:  # a product not kept either (its inputs are)
             x = values[live] = self._remake(live)
@@ -442,7 +515,7 @@ class Activations:
             if seed.shape != out.shape:
                 raise ShapeError(f"backward: seed shape {seed.shape} does not match '{loss.name}' shape {out.shape}")
         if check_finite:  # the generic loops read every value: make what a lean chain did not keep
-            deque(map(self.value, self.plan.recompute), 0)
+            deque(map(self.value, self.plan.recompute), 0)  # (dropped batch outputs: no VJP reads them)
         grads, tsum, lazy, finals = backward_pass(self, loss, seed, check_finite)
         out = Gradients(self, loss, grads, tsum, lazy, finals)
         if check_finite:  # the loop checks what it propagates; sources end it, so check them here
@@ -881,7 +954,8 @@ class Gradients:
             if g is None:
                 continue
             cn = nodes[c]
-            gi = _ops.get(cn.op).vjp(pos, g, value(c), [value(i.index) for i in cn.inputs], cn.attrs)
+            op = _ops.get(cn.op)
+            gi = op.vjp(pos, g, value(c) if op.reads_out else None, [value(i.index) for i in cn.inputs], cn.attrs)
             if gi is None:
                 continue
             gi = _ops.unbroadcast(gi, node.value.shape)

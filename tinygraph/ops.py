@@ -38,6 +38,10 @@ class OpDef:
     # (tanh: 1 - out^2): slope(out).  Its VJP is g * slope(out), and the engine may compute
     # the slopes of many nodes of this op in one call (see plan.SlopeRow).
     slope: Callable = None
+    # False when no VJP reads ``out`` (matmul, add_n): a batch of the op may then let its
+    # stacked output go after forward (plan.Plan.droppable), and a tied copy's own gradient
+    # is computed without its consumer's value.
+    reads_out: bool = True
 
     def vjp(self, i, g, out, values, attrs):
         if self.variadic:
@@ -50,13 +54,14 @@ class OpDef:
 REGISTRY: dict[str, OpDef] = {}
 
 
-def defop(name, forward, vjps, shape, variadic=False, batch=None, slope=None):
+def defop(name, forward, vjps, shape, variadic=False, batch=None, slope=None, reads_out=True):
     """Register an op: forward(*values, **attrs), its VJPs, its shape rule and (optionally)
-    how it batches across identical independent nodes (see OpDef.batch) and, for an
-    elementwise unary op, its derivative as a function of its output (see OpDef.slope)."""
+    how it batches across identical independent nodes (see OpDef.batch), for an
+    elementwise unary op its derivative as a function of its output (see OpDef.slope), and
+    whether any VJP reads the output (OpDef.reads_out: when unsure, leave it True)."""
     if name in REGISTRY:
         raise ValueError(f"op '{name}' is already registered")
-    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic, batch, slope)
+    REGISTRY[name] = OpDef(name, forward, tuple(vjps), shape, variadic, batch, slope, bool(reads_out))
     return REGISTRY[name]
 
 
@@ -214,8 +219,9 @@ def _add_n(*xs):
     return total
 
 
-defop("add_n", _add_n, (lambda i, g, out, *xs: g,), lambda *shapes: S.broadcast(*shapes), variadic=True)
-defop("identity", lambda x: x, (passthrough,), lambda s: s)
+defop("add_n", _add_n, (lambda i, g, out, *xs: g,), lambda *shapes: S.broadcast(*shapes), variadic=True,
+      reads_out=False)
+defop("identity", lambda x: x, (passthrough,), lambda s: s, reads_out=False)
 
 
 def add_n(nodes, *, name=None):
@@ -307,7 +313,7 @@ def _matmul(a, b):
     return np.matmul(a, b)
 
 
-defop("matmul", _matmul, (_matmul_vjp_a, _matmul_vjp_b), S.matmul)
+defop("matmul", _matmul, (_matmul_vjp_a, _matmul_vjp_b), S.matmul, reads_out=False)
 
 
 def matmul(a, b, *, name=None):

@@ -30,6 +30,8 @@ MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
 FED = "fed"  # the key of a run's {(batch id, operand position): array fed whole} (Plan.fed_stacks)
+DROPPED = "dropped"  # the key of a run's {batch id: True} for stacked outputs let go after forward (Plan.droppable)
+KEPT = "kept"  # the key of a run's {Plan.kept_key: copy of a source's value} (Plan.kept_sources)
 NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its run has no buffer
 
 
@@ -74,7 +76,7 @@ class Batch:
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
                  "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy", "lifted", "forward",
-                 "vjps", "fresh_vjps")
+                 "vjps", "fresh_vjps", "vjps_read_out")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -95,7 +97,7 @@ def _bind_batch_rules(b):
     (the op's batched rule or its elementwise one, with the members' attributes), whether
     operands get lifted (plan.lift), and whether every VJP returns a new array (the built-in
     matmul: a product), so that its rows may take later contributions in place without a
-    memory check.  A missing rule fails when called: an operand whose gradient nobody needs
+    memory check, and reads no output (so the output may be let go, Plan.droppable).  A missing rule fails when called: an operand whose gradient nobody needs
     (labels, fed data) needs none."""
     op, attrs = b.op, b.attrs
     b.lifted = b.kind == "elementwise" or (b.kind == "dedicated" and op.batch[1])
@@ -110,6 +112,7 @@ def _bind_batch_rules(b):
         rules.append(_bind(fn, attrs) if fn is not None else partial(_no_rule, op.name, pos))
     b.vjps = tuple(rules)
     b.fresh_vjps = op is _ops.get("matmul")
+    b.vjps_read_out = op.reads_out or b.kind == "dedicated"  # (a dedicated rule is not the op's own; Plan.droppable)
 
 
 def _rule_for(op, pos):
@@ -401,6 +404,54 @@ class Plan:
             if step[0] == FRAGMENT and step[1].chain is not None:
                 self.recompute.update(step[1].chain.recompute)
         self._consumers = None
+        self.droppable = self._droppable(batches)
+        self.kept_sources = self._kept_sources()
+
+    def _droppable(self, batches):
+        """Batches whose stacked output a fast run lets go once forward is done (an unrolled
+        net's input projections P_t = x_t @ U): every member is read only by the add_n nodes
+        of its own PreSum group, whose sums forward made, and the op's VJPs do not read the
+        output (the built-in matmul's).  Backward then holds three (T, B, H) arrays, as
+        hand-written BPTT does; a member's value is made again, by the same batched call,
+        when someone asks for it (Activations.value)."""
+        candidates = {m: b.id for b in batches if not b.vjps_read_out for m in b.members}
+        if not candidates:
+            return ()
+        presum_batch = {step[1]: step[2][0].batch for step in self.steps if step[0] == PRESUM}
+        ok = dict.fromkeys(candidates.values(), True)
+        read = set()
+        for n in self.order:  # (no consumer map kept: it would cost a deep graph megabytes)
+            for i in n.inputs:
+                bid = candidates.get(i.index)
+                if bid is not None:
+                    read.add(i.index)
+                    if presum_batch.get(n.index) != bid:
+                        ok[bid] = False
+        return tuple(bid for bid, good in ok.items()
+                     if good and all(m in read for m in self.batches[bid].members))
+
+    def _kept_sources(self):
+        """{key: index}: the sources (params, consts) that values not kept (plan.recompute,
+        Plan.droppable) are made again from, one per ``kept_key``.  A fast run copies them, so
+        that a value made after an optimizer step changed a parameter in place is still the
+        run's; the copies of a tie (bitwise equal) share one copy."""
+        nodes = self.graph.nodes
+        read = []
+        for how in self.recompute.values():
+            read += [how[2]] if how[0] == "dot" else how[1].sources
+        for bid in self.droppable:
+            read += [ref if kind == "shared" else ref[0] for kind, ref in self.batches[bid].inputs
+                     if kind in ("shared", "tied")]
+        out = {}
+        for j in read:
+            if nodes[j].op in ("param", "const"):
+                out.setdefault(self.kept_key(j), j)
+        return out
+
+    def kept_key(self, j):
+        """Source j's key in kept_sources: its tie group, or its own index."""
+        t = self.tied.get(j)
+        return j if t is None else t
 
     def consumers(self, index):
         """[(consumer index, input position)] of node ``index`` within this plan."""
