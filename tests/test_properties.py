@@ -475,3 +475,22 @@ def test_summing_leading_axes_matches_numpy_in_every_dtype_and_layout(shape, k, 
     tol = {np.float64: 1e-12, np.float32: 1e-5, np.float16: 1e-2}[dtype]
     np.testing.assert_allclose(np.asarray(got, np.float64), want.astype(np.float64),
                                rtol=tol, atol=tol * max(1, G.size))
+
+
+@SETTINGS
+@given(m=st.integers(1, 4), n=st.integers(1, 4), k=st.integers(1, 4), seed=st.integers(0, 2**16))
+def test_ops_declared_not_to_read_their_output_do_not(m, n, k, seed):
+    # OpDef.reads_out=False lets the engine drop a batch's output and hand VJPs None for it:
+    # every VJP of such an op gives the same gradient without the output
+    from tinygraph import ops
+    rng = np.random.default_rng(seed)
+    cases = {"matmul": [rng.standard_normal((m, n)), rng.standard_normal((n, k))],
+             "add_n": [rng.standard_normal((m, k)), rng.standard_normal(k), rng.standard_normal((m, k))],
+             "identity": [rng.standard_normal((m, k))]}
+    assert {name for name, op in ops.REGISTRY.items() if not op.reads_out} == set(cases)  # (a new one: add it here)
+    for name, xs in cases.items():
+        op = ops.get(name)
+        out = op.forward(*xs)
+        g = rng.standard_normal(np.shape(out))
+        for i in range(len(xs)):
+            np.testing.assert_array_equal(op.vjp(i, g, None, xs, {}), op.vjp(i, g, out, xs, {}), err_msg=name)
