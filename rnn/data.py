@@ -111,7 +111,7 @@ def _all_finite(arr):
     overflowed, so the values are then looked at one by one)."""
     if arr.size < 4096:
         return bool(np.logical_and.reduce(np.isfinite(arr), axis=None))
-    if not arr.flags.c_contiguous:  # (np.isfinite: a long double may exceed a float)
+    if not arr.flags.c_contiguous:  # (np.isfinite on the extremes: a long double may exceed a float)
         return bool(np.isfinite(np.minimum.reduce(arr, axis=None)) and np.isfinite(np.maximum.reduce(arr, axis=None)))
     flat = arr.reshape(-1)
     with np.errstate(over="ignore", invalid="ignore"):

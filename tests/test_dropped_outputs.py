@@ -1,20 +1,21 @@
-"""Batch outputs let go after forward (Plan.droppable) and the sources kept for remaking
-values (Plan.kept_sources).
+"""Batch outputs let go after forward (Plan.droppable), and the copies a run keeps of what
+it makes values again from (autodiff._keep).
 
 An unrolled net's input projections P_t = x_t @ U are one batched matmul whose members only
 the per-step add_n nodes read, and forward has added them in: a fast run then lets that
 (T, B, H) array go, backward reads a stand-in of its shape (matmul's VJPs never read the
 output), and ``Activations.value`` makes the whole batch again, by the same call on the
-same operands, when anyone asks for a member.  The parameters such remakes read (U here;
-the recurrent weight and the bias for a lean chain's sums and products) are copied by the
-run, so a value asked for after an optimizer step is still the run's.
+run's copies of its operands, when anyone asks for a member.  The weights a lean chain's
+sums and products are made again from, and those a fed input's deferred gradient reads,
+are copied too when that is cheap; where they are not, a value or gradient asked for after
+a parameter was written in place is refused instead of answered from the new weights.
 
-Every claim is checked against the same run with nothing dropped (``_drop_output`` a no-op),
-bitwise."""
+The reference for "bitwise equal" is the same run with nothing dropped and no lean chain
+(``drop_disabled`` and ``lean_disabled``): nothing in it is made again."""
 
 import gc
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import pytest
@@ -25,7 +26,14 @@ import tinygraph as tg
 import tinygraph.autodiff as AD
 from tinygraph.plan import DROPPED, KEPT
 
-from test_lean_chains import _assert_ran_lean, _assert_same_runs, _eq, _net, _run, lean_disabled
+from test_lean_chains import _assert_ran_lean, _assert_same_runs, _eq, _run, lean_disabled
+from test_lean_chains import _net as _lean_net
+
+
+def _net(T, B, I=2, H=8, **kw):
+    """The lean-chain tests' net, wider: P (T, B, H) is dropped only when the copies of U (I, H)
+    and of the fed x (T, B, I) take at most half of it."""
+    return _lean_net(T, B, I=I, H=H, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -41,46 +49,53 @@ def drop_disabled():
         yield
 
 
+def _reference(ff, X, Y, **kw):
+    """The run with nothing dropped and no lean chain: every value computed once, in forward."""
+    with drop_disabled(), lean_disabled():
+        return _run(ff, X, Y, **kw)
+
+
 def _x_batch(acts):
     (bid,) = acts.plan.droppable
     return acts.plan.batches[bid]
 
 
-def _dropped_and_kept(T, B, dtype=np.float64, I=2, H=4, seed=0, lean=True):
+def _fortran(net):
+    for k in list(net.weights):
+        net.weights[k] = np.asfortranarray(net.weights[k])  # (before unroll: the copies use these)
+
+
+def _dropped_and_reference(T, B, dtype=np.float64, I=2, H=8, seed=0, lean=True, fortran=False):
     net, X, Y = _net(T, B, I=I, H=H, dtype=dtype, seed=seed)
+    if fortran:
+        _fortran(net)
     ff = net.unroll(T)
-    with (lean_disabled() if not lean else _nothing()):
+    with nullcontext() if lean else lean_disabled():
         dropped = _run(ff, X, Y)
-        with drop_disabled():
-            kept = _run(ff, X, Y)
-    return net, ff, X, Y, dropped, kept
-
-
-@contextmanager
-def _nothing():
-    yield
+    return net, ff, X, Y, dropped, _reference(ff, X, Y)
 
 
 # ============================================================ what is let go, and what stands in
 
 
+@pytest.mark.parametrize("fortran", [False, True], ids=["C", "Fortran-ordered weights"])
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "chain-not-lean"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-def test_the_input_projections_are_let_go_and_made_again_bitwise(lean, dtype):
+def test_the_input_projections_are_let_go_and_made_again_bitwise(lean, dtype, fortran):
     T, B = 9, 3
-    net, ff, X, Y, dropped, kept = _dropped_and_kept(T, B, dtype, lean=lean)
+    net, ff, X, Y, dropped, ref = _dropped_and_reference(T, B, dtype, lean=lean, fortran=fortran)
     acts, b = dropped.acts, _x_batch(dropped.acts)
     assert [acts.graph.nodes[m].name for m in b.members] == [f"in[x->h]@t{t}" for t in range(1, T + 1)]
     assert acts._bstore[DROPPED] == {b.id: True}
-    assert DROPPED not in kept.acts._bstore
+    assert DROPPED not in ref.acts._bstore
     stand_in = acts._bstore[b.id][0]
-    assert stand_in.shape == (T, B, 4) and stand_in.dtype == dtype and stand_in.strides == (0, 0, 0)
+    assert stand_in.shape == (T, B, 8) and stand_in.dtype == dtype and stand_in.strides == (0, 0, 0)
     for m in b.members:  # the members' values hold no memory until someone asks
-        assert acts._values[m].strides == (0, 0) and acts._values[m].shape == (B, 4)
+        assert acts._values[m].strides == (0, 0) and acts._values[m].shape == (B, 8)
     if lean:
         _assert_ran_lean(acts)
-    _assert_same_runs(dropped, kept)  # every value (members remade), gradient and weight gradient
-    assert DROPPED not in acts._bstore or not acts._bstore[DROPPED]  # remade once, then kept
+    _assert_same_runs(dropped, ref)  # every value (members remade), gradient and weight gradient
+    assert acts._bstore[DROPPED] == {b.id: False}  # made again once, then kept
     out = acts._bstore[b.id][0]
     for k, m in enumerate(b.members):
         assert np.shares_memory(acts._values[m], out[k]) and acts._values[m].shape == out[k].shape
@@ -107,65 +122,102 @@ def test_the_dropped_array_is_freed():
         out.acts[out.graph["in[x->h]@t3"]]
         assert len(made) == 2 and made[1]() is not None  # made again, and kept by the run
     finally:
-        del b.forward
+        b.forward = real
 
 
-# ============================================================ after an optimizer step
+# ============================================================ the run's operands, whatever happens after it
 
 
+@pytest.mark.parametrize("drop", [True, False], ids=["P dropped", "P kept"])
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "chain-not-lean"])
-def test_values_made_after_an_optimizer_step_are_the_runs(lean):
-    # the remade projections, sums and products read the run's copies of U, W and the bias,
-    # not the arrays the step changed in place
+def test_values_and_input_gradients_after_an_optimizer_step_are_the_runs(lean, drop, monkeypatch):
+    # remade projections, sums and products and the deferred input gradients read the run's
+    # copies of U, W and the bias, not the arrays the step changed in place
+    if not drop:
+        monkeypatch.setattr(AD, "DROP_MIN_BYTES", 1 << 40)
     T, B = 8, 2
     net, X, Y = _net(T, B)
     ff = net.unroll(T)
-    with (lean_disabled() if not lean else _nothing()):
+    with nullcontext() if lean else lean_disabled():
         out = _run(ff, X, Y)
-    with drop_disabled(), lean_disabled():
-        ref = _run(ff, X, Y)
+    assert (DROPPED in out.acts._bstore) == drop
+    ref = _reference(ff, X, Y)
     ref_values = {n.index: np.array(v) for n, v in ref.acts.items()}
-    ref_copy_grads = {c.name: np.array(ref.grads[c]) for name in net.weights for c in ff.copies(name)}
+    ref_dx = [np.array(ref.grads[ff.graph[f"x@t{t}"]]) for t in range(1, T + 1)]
     before = {k: w.copy() for k, w in net.weights.items()}
     tg.SGD(out.graph.params, lr=0.3).step(out.grads)
     assert not np.array_equal(before["x->h"], net.weights["x->h"])  # the step moved U in place
     for n, v in out.acts.items():
         if n.op not in ("param", "const"):  # (a param's value is its live array)
             _eq(v, ref_values[n.index], n.name)
-    for name in net.weights:
-        for c in ff.copies(name):
-            _eq(out.grads[c], ref_copy_grads[c.name], "copy " + c.name)
+    for t in range(1, T + 1):
+        _eq(out.grads[out.graph[f"x@t{t}"]], ref_dx[t - 1], f"d/d x@t{t}")
 
 
-def test_the_kept_copies_are_one_per_weight():
+def test_values_after_the_caller_refills_the_fed_array_are_the_runs():
+    T, B = 8, 3
+    net, X, Y = _net(T, B)
+    ff = net.unroll(T)
+    out = _run(ff, X, Y)
+    assert out.acts._bstore[DROPPED]
+    ref = _reference(ff, X.copy(), Y)
+    X[...] = 0.0  # the caller reuses its array for the next batch
+    g = out.graph
+    for t in range(1, T + 1):
+        _eq(out.acts[g[f"in[x->h]@t{t}"]], ref.acts[g[f"in[x->h]@t{t}"]], f"in[x->h]@t{t}")
+        _eq(out.acts[g[f"net[h]@t{t}"]], ref.acts[g[f"net[h]@t{t}"]], f"net[h]@t{t}")
+
+
+def test_what_cannot_be_copied_cheaply_is_refused_after_a_step_not_answered_wrongly():
+    # U is (I, H) = (40, 8) against a deferred input gradient of (T, B, I) = (3, 1, 40): too
+    # big to copy, so after the step the input gradient is refused, naming the node
+    T, B = 3, 1
+    net, X, Y = _net(T, B, I=40)
+    ff = net.unroll(T)
+    ref = _reference(ff, X, Y)
+    asked, late = _run(ff, X, Y), _run(ff, X, Y)
+    assert not asked.acts._bstore.get(KEPT) and not late.acts._bstore.get(KEPT)
+    dx1 = np.array(asked.grads[asked.graph["x@t1"]])  # asked before the step: computed then, all rows
+    _eq(dx1, ref.grads[ref.graph["x@t1"]], "d/d x@t1")
+    tg.SGD(ff.graph.params, lr=0.3).step(late.grads)
+    _eq(asked.grads[asked.graph["x@t2"]], ref.grads[ref.graph["x@t2"]], "d/d x@t2, computed before the step")
+    with pytest.raises(tg.GraphError, match=r"gradient of 'x@t2' \(input\) was not kept .*written since"):
+        late.grads[late.graph["x@t2"]]
+
+
+def test_the_kept_copies_are_one_per_weight_with_its_layout():
     net, X, Y = _net(10, 2)
+    _fortran(net)
     ff = net.unroll(10)
     out = _run(ff, X, Y)
-    plan = out.acts.plan
     kept = out.acts._bstore[KEPT]
-    names = {out.graph.nodes[j].name.split("@")[0] for j in plan.kept_sources.values()}
+    tied = out.acts.plan.tied
+    names = {t.members[0].name.split("@")[0] for t in kept}  # keyed by tie group: one copy each
     assert names == {"W[x->h]", "W[h->h]", "b[h]"}  # what remakes read: U, W and the bias
-    assert kept.keys() == plan.kept_sources.keys()  # one copy per tie, whichever copy reads it
-    for key, j in plan.kept_sources.items():
-        _eq(kept[key], out.acts._values[j], "kept " + out.graph.nodes[j].name)
-        assert not np.shares_memory(kept[key], out.acts._values[j])
+    for t, c in kept.items():
+        live = t.members[0].value
+        _eq(c, live, "kept " + t.members[0].name)
+        assert not np.shares_memory(c, live) and c.strides == live.strides
+    assert all(t in set(tied.values()) for t in kept)
 
 
-# ============================================================ when nothing is dropped
+# ============================================================ when nothing is dropped or copied
 
 
-def test_nothing_is_dropped_when_the_copies_would_not_be_much_smaller():
-    # P is (T, B, H) = (2, 1, 2) here, U is (I, H) = (6, 2): copying U to drop P would cost more
-    net, ff, X, Y, dropped, kept = _dropped_and_kept(2, 1, I=6, H=2)
+def test_nothing_is_dropped_or_copied_when_copies_would_not_be_much_smaller():
+    # P is (T, B, H) = (3, 1, 2) here, U (I, H) = (30, 2): copying U to drop P would cost more,
+    # and W and the bias are no smaller than the chain's sums and products
+    net, ff, X, Y, dropped, ref = _dropped_and_reference(3, 1, I=30, H=2)
     assert dropped.acts.plan.droppable  # it could be dropped ...
     assert DROPPED not in dropped.acts._bstore  # ... but is not
-    _assert_same_runs(dropped, kept)
+    assert not dropped.acts._bstore.get(KEPT)  # and no weight was copied
+    _assert_same_runs(dropped, ref)
 
 
 def test_small_outputs_are_kept_by_default(monkeypatch):
     monkeypatch.setattr(AD, "DROP_MIN_BYTES", 1 << 16)
     for T, B, H, dropped in [(16, 4, 8, False), (64, 8, 32, True)]:  # 4 KiB, 64 KiB of float64
-        net, X, Y = _net(T, B, H=H)
+        net, X, Y = _net(T, B, I=1, H=H)
         out = _run(net.unroll(T), X, Y)
         assert (DROPPED in out.acts._bstore) == dropped, (T, B, H)
 
@@ -184,28 +236,25 @@ def test_a_member_read_by_another_node_keeps_the_output():
     np.testing.assert_array_equal(again.acts[g["extra"]], np.sum(again.acts[g["in[x->h]@t3"]]))
 
 
-def test_check_finite_runs_keep_every_output():
+def test_check_finite_runs_keep_every_output_and_their_forward_copies_nothing():
     net, X, Y = _net(6, 2)
     ff = net.unroll(6)
-    out = _run(ff, X, Y, check_finite=True)
+    out = _run(ff, X, Y, check_finite=True, backward=False)
     assert DROPPED not in out.acts._bstore and KEPT not in out.acts._bstore
-    with drop_disabled():
-        ref = _run(ff, X, Y)
-    _assert_same_runs(out, ref)
+    np.testing.assert_allclose(out.loss, _reference(ff, X, Y).loss, rtol=1e-13)
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "chain-not-lean"])
 def test_a_checked_backward_after_dropping_agrees(lean):
     net, X, Y = _net(6, 2)
     ff = net.unroll(6)
-    with (lean_disabled() if not lean else _nothing()):
+    with nullcontext() if lean else lean_disabled():
         out = _run(ff, X, Y, backward=False)
     assert out.acts._bstore[DROPPED]
     grads = out.acts.backward(out.emitted.loss, check_finite=True)  # (the generic loops)
-    with drop_disabled():
-        ref = _run(ff, X, Y)
+    ref = _reference(ff, X, Y, check_finite=True)
     for n in out.acts.plan.order:
-        _eq(grads[n], ref.grads[n], "d/d " + n.name)
+        np.testing.assert_allclose(grads[n], ref.grads[n], rtol=1e-12, atol=1e-15, err_msg=n.name)
 
 
 # ============================================================ property: random small shapes
@@ -213,8 +262,11 @@ def test_a_checked_backward_after_dropping_agrees(lean):
 
 @settings(max_examples=15, deadline=None)
 @given(T=st.integers(3, 14), B=st.integers(1, 4), H=st.integers(1, 5), I=st.integers(1, 3),
-       dtype=st.sampled_from([np.float64, np.float32]), lean=st.booleans(), seed=st.integers(0, 2**16))
-def test_dropping_changes_no_value_or_gradient_for_random_shapes(T, B, H, I, dtype, lean, seed):
-    net, ff, X, Y, dropped, kept = _dropped_and_kept(T, B, dtype, I=I, H=H, seed=seed, lean=lean)
-    assert (DROPPED in dropped.acts._bstore) == (T * B * H > 2 * I * H)
-    _assert_same_runs(dropped, kept)
+       dtype=st.sampled_from([np.float64, np.float32]), lean=st.booleans(), fortran=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_dropping_changes_no_value_or_gradient_for_random_shapes(T, B, H, I, dtype, lean, fortran, seed):
+    net, ff, X, Y, dropped, ref = _dropped_and_reference(T, B, dtype, I=I, H=H, seed=seed, lean=lean,
+                                                         fortran=fortran)
+    # dropped when the copies of U and of the fed x take at most half of P
+    assert (DROPPED in dropped.acts._bstore) == (I * H + T * B * I <= 0.5 * T * B * H)
+    _assert_same_runs(dropped, ref)

@@ -757,3 +757,25 @@ def test_a_dedicated_batch_rule_without_a_vjp_for_an_input_nobody_differentiates
     np.testing.assert_array_equal(grads[W], sum((np.arange(3.0) + t) * (t + 1) for t in range(3)))
     with pytest.raises(tg.UnknownOpError, match=f"'{name}' has no derivative rule for input 1"):
         grads[g["l0"]]
+
+
+def test_a_batch_contribution_in_float32_does_not_swallow_a_later_float64_one():
+    # a float32 weight read by a batch of float32 matmuls (their product becomes the weight's
+    # gradient buffer) and by a float64 path cast back to float32: the later float64
+    # contribution is added as the unbatched run adds it, not rounded into the float32 buffer
+    from tinygraph import ops
+    name = "to_float32_test"
+    if name not in ops.REGISTRY:
+        ops.defop(name, lambda x: np.asarray(x, np.float32), (lambda g, out, x: np.asarray(g, x.dtype),), lambda s: s)
+    g = tg.Graph("mixed")
+    W = g.param("W", np.random.default_rng(0).standard_normal((3, 3)).astype(np.float32))
+    r = ops.apply(name, (tg.sum(tg.matmul(g.input("z", (5, 3)), W)),), name="r")
+    ps = [tg.matmul(g.input(f"x{t}", (2, 3), np.float32), W, name=f"p{t}") for t in range(4)]
+    loss = tg.add_n([r] + [tg.sum(p) for p in ps], name="loss")
+    rng = np.random.default_rng(1)
+    feeds = {"z": rng.standard_normal((5, 3)), **{f"x{t}": rng.standard_normal((2, 3)).astype(np.float32) for t in range(4)}}
+    acts = g.forward(feeds)
+    assert [len(b.members) for b in acts.plan.batches.values()] == [4]
+    got, want = acts.backward(loss)[W], g.forward(feeds, batch=False).backward(loss)[W]
+    assert got.dtype == want.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-6)

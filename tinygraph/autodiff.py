@@ -16,6 +16,7 @@ import numpy as np
 from . import ops as _ops
 from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
+from .graph import param_writes
 from .node import Node
 from .plan import (BATCH, BATCH_SUM, DROPPED, FED, KEPT, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
                    stack_rows)
@@ -190,17 +191,23 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         for node in plan.inputs:
             _check_value(node, values)
     _run_steps(plan.steps if check_finite else plan.fast_steps, values, bstore, {}, nodes, check_finite)
-    if not check_finite and plan.kept_sources:
-        bstore[KEPT] = {key: values[j].copy() if type(values[j]) is np.ndarray else np.array(values[j], copy=True)
-                        for key, j in plan.kept_sources.items()}
+    if not check_finite:
+        kept = {}  # Plan.kept_key -> the run's copy of a param or const (see _keep)
+        lean = [f for f in plan.lean_fragments if bstore.get(f)]
+        if lean:  # the sums and products these did not keep are made again from W and the bias
+            let_go = sum(2 * len(f.chain.states) * np.size(values[f.chain.states[0]]) for f in lean)
+            _keep(plan.lean_sources, values, kept, KEEP_SHARE * let_go)
         for bid in plan.droppable:
             got = bstore.get(bid)
             if got is not None and got[0].nbytes >= DROP_MIN_BYTES:
-                _drop_output(plan, plan.batches[bid], values, bstore)
+                _drop_output(plan.batches[bid], values, bstore, kept)
+        if kept:
+            bstore[KEPT] = kept
     return Activations(graph, plan, values, bstore)
 
 
 DROP_MIN_BYTES = 1 << 16  # smaller batch outputs are kept: letting them go costs more time than it saves memory
+KEEP_SHARE = 0.5  # copies for remaking values may take at most this share of the memory a run lets go
 _STAND_INS = {}  # (shape, dtype) -> a read-only array of that shape without memory (all strides 0)
 
 
@@ -213,35 +220,61 @@ def _stand_in(shape, dtype):
     return got
 
 
-def _as_run(plan, j, values, bstore):
-    """Source j's value as the run had it: its copy (Plan.kept_sources; an optimizer step
-    since may have changed the parameter in place), else the value itself."""
-    kept = bstore.get(KEPT)
-    got = kept.get(plan.kept_key(j)) if kept else None
-    return values[j] if got is None else got
+def _copy_as_is(v):
+    """A copy with v's memory layout, so BLAS makes the same bits from it; None for a strided
+    array (its copy would be laid out otherwise)."""
+    if type(v) is np.ndarray and (v.flags.c_contiguous or v.flags.f_contiguous):
+        return np.array(v, copy=True, order="K")
+    return None
 
 
-def _drop_output(plan, b, values, bstore):
-    """Let go of batch b's stacked output (Plan.droppable) unless the copies of its source
-    operands (Plan.kept_sources), from which it is made again, are not much smaller.  What
+def _keep(sources, values, kept, budget):
+    """Copy the values of ``sources`` ((kept_key, index) of params and consts) into ``kept``,
+    all or none: True when all are there (copies made before count), False when those still
+    to copy take more than ``budget`` elements or one cannot be copied as it is laid out.
+    Remakes read the copies, so a value made after an optimizer step is still the run's."""
+    todo = {}
+    for key, j in sources:
+        if key not in kept:
+            todo.setdefault(key, j)
+    if sum(np.size(values[j]) for j in todo.values()) > budget:
+        return False
+    copies = {key: _copy_as_is(values[j]) for key, j in todo.items()}
+    if any(c is None for c in copies.values()):
+        return False
+    kept.update(copies)
+    return True
+
+
+def _with_copies(b, args, kept):
+    """Batch b's operands with its params and consts replaced by the run's copies."""
+    args = list(args)
+    for pos, _, key in b.param_operands:
+        c = kept[key]
+        args[pos] = lift(c, b.rank, False) if b.lifted else c
+    return args
+
+
+def _drop_output(b, values, bstore, kept):
+    """Let go of batch b's stacked output (Plan.droppable) when the run can keep copies of
+    the operands it is made again from that take at most KEEP_SHARE of it: its params (an
+    optimizer step may change them in place) and its fed inputs (the caller's arrays).  What
     backward reads in its place has its shape and dtype and no memory (its VJPs do not read
     it), and so do the members' values, which Activations.value makes again when asked."""
     out, args = bstore[b.id]
-    args = list(args)
-    copied = 0
-    for pos, (kind, ref) in enumerate(b.inputs):
-        if kind in ("shared", "tied"):
-            a = _as_run(plan, ref if kind == "shared" else ref[0], values, bstore)
-            if a is not args[pos]:  # the run's copy: an optimizer step may change the param
-                args[pos] = a
-                copied += a.size
-    if out.size <= 2 * copied:
+    fed = [pos for pos in range(len(args)) if b.fed[pos]]
+    budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in fed)
+    if budget < 0 or not _keep([(key, j) for _, j, key in b.param_operands], values, kept, budget):
         return
+    args = _with_copies(b, args, kept)
+    for pos in fed:
+        args[pos] = _copy_as_is(args[pos])
+        if args[pos] is None:
+            return
     stand_in = _stand_in(out.shape, out.dtype)
     bstore[b.id] = (stand_in, args)
-    bstore.setdefault(DROPPED, {})[b.id] = True
-    if not b.lazy:
-        deque(map(values.__setitem__, b.members, repeat(stand_in[0] if out.ndim > 1 else stand_in[0, ...])), 0)
+    bstore.setdefault(DROPPED, {})[b.id] = True  # (True while let go; its operands stay the run's copies)
+    deque(map(values.__setitem__, b.members, repeat(stand_in[0] if out.ndim > 1 else stand_in[0, ...])), 0)
 
 
 def _run_steps(steps, values, bstore, presums, nodes, check_finite):
@@ -412,6 +445,7 @@ class Activations:
         self.plan = plan
         self._values = values
         self._bstore = bstore or {}
+        self._writes = param_writes()  # (what was not kept is made again from live params only while this holds)
 
     def value(self, i):
         """The value of node index i, or None when it was not computed.  Members of a batch
@@ -420,13 +454,11 @@ class Activations:
         lean chain did not keep (fragments.Chain) are made again."""
         v = self._values[i] if i < len(self._values) else None
         dropped = self._bstore.get(DROPPED)
-        if dropped:  # a member of a batch whose output this run let go: made again, all of it
-            mb = self.plan.member_of.get(i)
-            if mb is not None and mb[0] in dropped:
-                self._remake_batch(mb[0])
-                v = self._values[i]
+        mb = self.plan.member_of.get(i) if v is None or dropped else None
+        if dropped and mb is not None and dropped.get(mb[0]):  # its batch's output was let go: made again, all of it
+            self._remake_batch(mb[0])
+            v = self._values[i]
         if v is None:
-            mb = self.plan.member_of.get(i)
             if mb is not None and mb[0] in self._bstore:
                 out = self._bstore[mb[0]][0]
                 v = self._values[i] = out[mb[1]] if out.ndim > 1 else out[mb[1], ...]
@@ -439,6 +471,15 @@ class Activations:
                     v = self._values[i] = arr[fr[1]]
         return v
 
+    def _source_as_run(self, j, i):
+        """Source j as the run had it, to make node i again: the run's copy, or the live value
+        while no parameter has been written since the run (graph.note_param_write)."""
+        kept = self._bstore.get(KEPT)
+        if kept and self.plan.kept_key(j) in kept:
+            return kept[self.plan.kept_key(j)]
+        _unchanged_since(self._writes, self.graph.nodes[i], "value")
+        return self._values[j]
+
     def _remake_batch(self, bid):
         """A dropped batch output (_drop_output), made by the same call on the same operands
         (so the same bits), and its members' rows."""
@@ -446,7 +487,7 @@ class Activations:
         args = self._bstore[bid][1]
         out = b.forward(*args)
         self._bstore[bid] = (out, args)
-        del self._bstore[DROPPED][bid]
+        self._bstore[DROPPED][bid] = False
         _store_rows(b, out, self._values)
 
     def _remake(self, i):
@@ -456,9 +497,9 @@ class Activations:
         how = self.plan.recompute[i]
         values = self._values
         if how[0] == "dot":
-            return np.dot(values[how[1]], _as_run(self.plan, how[2], values, self._bstore))
+            return np.dot(values[how[1]], self._source_as_run(how[2], i))
         _, group, member, live = how
-        total = group.plus_sources(self.value(member), {j: _as_run(self.plan, j, values, self._bstore) for j in group.sources})
+        total = group.plus_sources(self.value(member), {j: self._source_as_run(j, i) for j in group.sources})
         x = values[live]
         if x is None:  # a product not kept either (its inputs are)
             x = values[live] = self._remake(live)
@@ -583,7 +624,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             grads[j] = gi
             if fresh:
                 owned.add(j)
-        elif j in owned:
+        elif j in owned and (prev.dtype == gi.dtype or type(prev) is not ndarray):
             prev += gi
             grads[j] = prev  # (a numpy scalar does not add in place: keep the new object)
         elif fresh and prev.shape == gi.shape and prev.dtype == gi.dtype:
@@ -806,8 +847,15 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             first = values[ref[0]]
-            deferred = _Deferred(b, pos, G, out, args,
-                                 np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:])
+            dargs, writes = args, None
+            if b.param_operands and b.id not in bstore.get(DROPPED, ()):  # (else they are copies already)
+                kept = bstore.setdefault(KEPT, {})
+                if _keep([(key, j) for _, j, key in b.param_operands], values, kept, KEEP_SHARE * args[pos].size):
+                    dargs = _with_copies(b, args, kept)  # computed when asked: from the params as they were
+                else:
+                    writes = (param_writes(), nodes)  # from the live params, while none was written since
+            deferred = _Deferred(b, pos, G, out, dargs,
+                                 np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:], writes)
             if b.fed_alone[pos]:
                 lazy[(b.id, pos)] = deferred  # input k's gradient: row k (plan.fed_rows)
                 continue
@@ -864,18 +912,32 @@ def _source_grads_one_by_one(b, grads, accumulate):
                 accumulate(j, _ops.unbroadcast(grads[a], shape))
 
 
+def _unchanged_since(writes, node, what):
+    if param_writes() != writes:
+        raise GraphError(
+            f"the {what} of '{node.name}' ({node.op}) was not kept by its run, to save memory and time, and "
+            f"is made when asked from the parameters, which were written since (an optimizer step, a tie "
+            f"or load_params). Ask for it before updating, or run again")
+
+
 class _Deferred:
     """The stacked gradient of one batched operand, computed on first access."""
 
-    __slots__ = ("b", "pos", "G", "out", "args", "member_shape", "_value")
+    __slots__ = ("b", "pos", "G", "out", "args", "member_shape", "writes", "_value")
 
-    def __init__(self, b, pos, G, out, args, member_shape):
+    def __init__(self, b, pos, G, out, args, member_shape, writes):
         self.b, self.pos, self.G, self.out, self.args = b, pos, G, out, args
         self.member_shape = tuple(member_shape)
+        # None: the operands are the run's copies (_drop_output); else (param_writes() at the
+        # sweep, the graph's nodes): the live params are read only while none was written since
+        self.writes = writes
         self._value = None
 
     def __getitem__(self, k):
         if self._value is None:
+            if self.writes is not None:
+                writes, nodes = self.writes
+                _unchanged_since(writes, nodes[self.b.inputs[self.pos][1][k]], "gradient")
             gi = self.b.vjps[self.pos](self.G, self.out, *self.args)
             natural = self.G.shape[:1] + self.member_shape
             if gi is None:
@@ -885,7 +947,7 @@ class _Deferred:
                 if gi.shape != natural:
                     gi = gi.reshape(natural)
             self._value = gi
-            self.G = self.out = self.args = None  # computed: let the operands go
+            self.G = self.out = self.args = self.writes = None  # computed: let the operands go
         return self._value[k]
 
 

@@ -18,6 +18,7 @@ change them so the constraints keep holding.  Two mechanisms share one model:
 import numpy as np
 
 from .errors import ConstraintError, NodeTypeError
+from .graph import note_param_write
 from .node import Node
 
 _TOL = 1e-9
@@ -207,6 +208,7 @@ class _TransposeSystem:
 
 
 def _assign(variable, new_value):
+    note_param_write()
     first = variable.storages[0]
     first[...] = new_value
     for s in variable.storages[1:]:
@@ -281,6 +283,8 @@ class ConstraintSet:
                 aligned.append(m)
         saved_ties, saved_tie_of = list(self.ties), dict(self._tie_of)
         saved_values = [(m, m.value.copy()) for m in aligned]
+        if aligned:
+            note_param_write()
         for m in aligned:
             m.value[...] = first.value
         if merged:
@@ -497,6 +501,7 @@ class ConstraintSet:
 
     def apply_step(self, variable, delta):
         """value -= delta for every member of the variable (storage shared by copies moves once)."""
+        note_param_write()
         first = variable.storages[0]
         first -= delta
         for s in variable.storages[1:]:

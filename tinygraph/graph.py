@@ -38,6 +38,22 @@ def _as_float_array(value, what):
 
 _NO_ATTRS = types.MappingProxyType({})
 
+_param_writes = 0  # in-place writes of parameter values by tinygraph, process-wide (note_param_write)
+
+
+def note_param_write():
+    """Called before tinygraph writes parameter values in place (optimizer steps, tying,
+    load_params).  A run that did not keep a value makes it again from the run's operands;
+    where it kept no copy of a parameter it reads the live array, and so only while no
+    parameter has been written since the run (process-wide: nets share weight arrays
+    across graphs).  Otherwise it says so instead of answering with other numbers."""
+    global _param_writes
+    _param_writes += 1
+
+
+def param_writes():
+    return _param_writes
+
 
 class Graph:
     """A symbolic graph built once and run many times with feeds.

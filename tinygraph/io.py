@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from .errors import GraphError
+from .graph import note_param_write
 
 __all__ = ["save_params", "load_params", "atomic_write", "write_npz", "PersistError"]
 
@@ -222,6 +223,7 @@ def load_params(graph, path, strict=True):
         raise
     except Exception as exc:  # a member damaged inside an intact zip directory, ...
         raise _reject(path, f"cannot read the archive ({type(exc).__name__}: {exc})") from exc
+    note_param_write()
     for name, arr in values.items():
         params[name].value[...] = arr
     return sorted(values)

@@ -31,7 +31,7 @@ SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slop
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
 FED = "fed"  # the key of a run's {(batch id, operand position): array fed whole} (Plan.fed_stacks)
 DROPPED = "dropped"  # the key of a run's {batch id: True} for stacked outputs let go after forward (Plan.droppable)
-KEPT = "kept"  # the key of a run's {Plan.kept_key: copy of a source's value} (Plan.kept_sources)
+KEPT = "kept"  # the key of a run's {Plan.kept_key: copy of a source's value} (autodiff._keep)
 NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its run has no buffer
 
 
@@ -76,7 +76,7 @@ class Batch:
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
                  "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy", "lifted", "forward",
-                 "vjps", "fresh_vjps", "vjps_read_out")
+                 "vjps", "fresh_vjps", "vjps_read_out", "param_operands")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -399,13 +399,19 @@ class Plan:
                                    self.batches, self.tied, uses)
         from .fragments import FRAGMENT, find_fragments  # (fragments.py builds on this module's step kinds)
         self.fast_steps = find_fragments(self.steps, uses)  # what runs; check_finite runs use self.steps
+        # fragments that may run lean (fragments.Chain), and how to make again what they do not keep
+        self.lean_fragments = tuple(step[1] for step in self.fast_steps
+                                    if step[0] == FRAGMENT and step[1].chain is not None)
         self.recompute = {}  # node index -> how to make its value again when a lean chain did not keep it
-        for step in self.fast_steps:
-            if step[0] == FRAGMENT and step[1].chain is not None:
-                self.recompute.update(step[1].chain.recompute)
+        for frag in self.lean_fragments:
+            self.recompute.update(frag.chain.recompute)
+        self.lean_sources = self._lean_sources()
         self._consumers = None
         self.droppable = self._droppable(batches)
-        self.kept_sources = self._kept_sources()
+        for b in batches:  # the params and consts a batch reads whole: (position, index, kept_key)
+            b.param_operands = tuple(
+                (pos, j, self.kept_key(j)) for pos, (kind, ref) in enumerate(b.inputs) if kind in ("shared", "tied")
+                for j in (ref if kind == "shared" else ref[0],) if nodes[j].op in ("param", "const"))
 
     def _droppable(self, batches):
         """Batches whose stacked output a fast run lets go once forward is done (an unrolled
@@ -430,26 +436,24 @@ class Plan:
         return tuple(bid for bid, good in ok.items()
                      if good and all(m in read for m in self.batches[bid].members))
 
-    def _kept_sources(self):
-        """{key: index}: the sources (params, consts) that values not kept (plan.recompute,
-        Plan.droppable) are made again from, one per ``kept_key``.  A fast run copies them, so
-        that a value made after an optimizer step changed a parameter in place is still the
-        run's; the copies of a tie (bitwise equal) share one copy."""
+    def _lean_sources(self):
+        """(kept_key, index) of the params and consts that a lean chain's sums and products
+        (plan.recompute) are made again from: a fast run copies them when that is cheap
+        (autodiff._keep), so that a value made after an optimizer step changed them in place
+        is still the run's."""
         nodes = self.graph.nodes
         read = []
         for how in self.recompute.values():
             read += [how[2]] if how[0] == "dot" else how[1].sources
-        for bid in self.droppable:
-            read += [ref if kind == "shared" else ref[0] for kind, ref in self.batches[bid].inputs
-                     if kind in ("shared", "tied")]
         out = {}
         for j in read:
             if nodes[j].op in ("param", "const"):
                 out.setdefault(self.kept_key(j), j)
-        return out
+        return tuple(out.items())
 
     def kept_key(self, j):
-        """Source j's key in kept_sources: its tie group, or its own index."""
+        """Source j's key among a run's kept copies: its tie group (the copies of a tie are
+        bitwise equal: one copy serves them all), or its own index."""
         t = self.tied.get(j)
         return j if t is None else t
 
