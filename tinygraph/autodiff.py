@@ -223,26 +223,30 @@ def _stand_in(shape, dtype):
 def _copy_as_is(v):
     """A copy with v's memory layout, so BLAS makes the same bits from it; None for a strided
     array (its copy would be laid out otherwise)."""
-    if type(v) is np.ndarray and (v.flags.c_contiguous or v.flags.f_contiguous):
-        return np.array(v, copy=True, order="K")
+    if type(v) is np.ndarray:
+        c = v.copy(order="K")
+        if c.strides == v.strides:
+            return c
     return None
 
 
 def _keep(sources, values, kept, budget):
-    """Copy the values of ``sources`` ((kept_key, index) of params and consts) into ``kept``,
-    all or none: True when all are there (copies made before count), False when those still
-    to copy take more than ``budget`` elements or one cannot be copied as it is laid out.
-    Remakes read the copies, so a value made after an optimizer step is still the run's."""
-    todo = {}
+    """Copy the values of ``sources`` ((kept_key, index) of params and consts) into ``kept``:
+    True when all are there (copies made before count), False when those still to copy take
+    more than ``budget`` elements (then none is copied) or one cannot be copied as it is laid
+    out.  Remakes read the copies, so a value made after an optimizer step is still the run's."""
+    size = 0
     for key, j in sources:
         if key not in kept:
-            todo.setdefault(key, j)
-    if sum(np.size(values[j]) for j in todo.values()) > budget:
+            size += values[j].size
+    if size > budget:
         return False
-    copies = {key: _copy_as_is(values[j]) for key, j in todo.items()}
-    if any(c is None for c in copies.values()):
-        return False
-    kept.update(copies)
+    for key, j in sources:
+        if key not in kept:
+            c = _copy_as_is(values[j])
+            if c is None:
+                return False
+            kept[key] = c
     return True
 
 
@@ -264,7 +268,7 @@ def _drop_output(b, values, bstore, kept):
     out, args = bstore[b.id]
     fed = [pos for pos in range(len(args)) if b.fed[pos]]
     budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in fed)
-    if budget < 0 or not _keep([(key, j) for _, j, key in b.param_operands], values, kept, budget):
+    if budget < 0 or not _keep(b.param_sources, values, kept, budget):
         return
     args = _with_copies(b, args, kept)
     for pos in fed:
@@ -850,7 +854,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             dargs, writes = args, None
             if b.param_operands and b.id not in bstore.get(DROPPED, ()):  # (else they are copies already)
                 kept = bstore.setdefault(KEPT, {})
-                if _keep([(key, j) for _, j, key in b.param_operands], values, kept, KEEP_SHARE * args[pos].size):
+                if _keep(b.param_sources, values, kept, KEEP_SHARE * args[pos].size):
                     dargs = _with_copies(b, args, kept)  # computed when asked: from the params as they were
                 else:
                     writes = (param_writes(), nodes)  # from the live params, while none was written since
