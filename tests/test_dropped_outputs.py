@@ -185,6 +185,45 @@ def test_what_cannot_be_copied_cheaply_is_refused_after_a_step_not_answered_wron
         late.grads[late.graph["x@t2"]]
 
 
+def test_a_write_of_ones_own_is_refused_once_noted():
+    # a weight changed in place by the caller, not by tinygraph: tg.note_param_write() says so
+    T, B = 3, 1
+    net, X, Y = _net(T, B, I=40)  # (U too big to copy against the input gradient it serves)
+    ff = net.unroll(T)
+    out = _run(ff, X, Y)
+    net.weights["x->h"] *= 2.0
+    tg.note_param_write()
+    with pytest.raises(tg.GraphError, match=r"gradient of 'x@t1' \(input\) was not kept"):
+        out.grads[out.graph["x@t1"]]
+
+
+def test_an_input_every_member_reads_is_copied_too():
+    # P_t = x @ M_t: x is one fed input shared by every member, M_t are stacked fed inputs;
+    # the caller refilling x after the run changes no value made again
+    T, B, I, H = 8, 8, 2, 16  # (P is (T, B, H): the copies of x and the M_t take at most half of it)
+    rng = np.random.default_rng(0)
+    g = tg.Graph("shared-input")
+    x = g.input("x", (None, I))
+    bias, V = g.param("bias", np.zeros(H)), g.param("V", 0.3 * rng.standard_normal((H, H)))
+    h = g.input("h0", (None, H))
+    Ms = [g.input(f"M{t}", (I, H)) for t in range(1, T + 1)]
+    for t in range(1, T + 1):
+        h = tg.tanh(tg.add_n([tg.matmul(x, Ms[t - 1], name=f"P{t}"), tg.matmul(h, V), bias]), name=f"h{t}")
+    X = rng.standard_normal((B, I))
+    feeds = {"x": X, "h0": np.zeros((B, H)), **{f"M{t}": rng.standard_normal((I, H)) for t in range(1, T + 1)}}
+    acts = g.forward(feeds)
+    b = _x_batch(acts)
+    assert [k for k, _ in b.inputs] == ["shared", "stack"] and b.caller_operands == (0, 1)
+    assert acts._bstore[DROPPED] == {b.id: True}
+    want = [np.dot(X, feeds[f"M{t}"]) for t in range(1, T + 1)]
+    with drop_disabled():
+        kept = g.forward(feeds)
+    X[...] = 0.0
+    for t in range(1, T + 1):
+        _eq(acts[g[f"P{t}"]], kept[g[f"P{t}"]], f"P{t}")
+        np.testing.assert_allclose(acts[g[f"P{t}"]], want[t - 1], rtol=1e-12)
+
+
 def test_the_kept_copies_are_one_per_weight_with_its_layout():
     net, X, Y = _net(10, 2)
     _fortran(net)

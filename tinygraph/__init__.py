@@ -6,7 +6,7 @@ Build a graph once, run it many times with feeds, and read dE/d(anything).
 from .allocator import keep_freed_memory
 from .errors import (ConstraintError, FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError,
                      UnknownNodeError, UnknownOpError)
-from .graph import Graph
+from .graph import Graph, note_param_write
 from .node import Node
 from .autodiff import Activations, Gradients
 from .ops import (add, add_n, broadcast_like, clamp, concat, cross_entropy, defop, div, exp, getitem, identity,

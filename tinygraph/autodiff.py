@@ -220,42 +220,37 @@ def _stand_in(shape, dtype):
     return got
 
 
-def _copy_as_is(v):
-    """A copy with v's memory layout, so BLAS makes the same bits from it; None for a strided
-    array (its copy would be laid out otherwise)."""
-    if type(v) is np.ndarray:
-        c = v.copy(order="K")
-        if c.strides == v.strides:
-            return c
-    return None
+def _copies_as_is(v):
+    """True when a copy of v keeps its memory layout (so BLAS makes the same bits from it):
+    a contiguous array, in C or Fortran order."""
+    return type(v) is np.ndarray and (v.flags.c_contiguous or v.flags.f_contiguous)
 
 
 def _keep(sources, values, kept, budget):
-    """Copy the values of ``sources`` ((kept_key, index) of params and consts) into ``kept``:
-    True when all are there (copies made before count), False when those still to copy take
-    more than ``budget`` elements (then none is copied) or one cannot be copied as it is laid
-    out.  Remakes read the copies, so a value made after an optimizer step is still the run's."""
-    size = 0
-    for key, j in sources:
-        if key not in kept:
-            size += values[j].size
-    if size > budget:
+    """Copy the values of ``sources`` ((kept_key, index) of params and consts) into ``kept``,
+    all or none: True when all are there (copies made before count), False (nothing copied)
+    when those still to copy take more than ``budget`` elements or one is strided.  Remakes
+    read the copies, so a value made after an optimizer step is still the run's."""
+    todo = [(key, values[j]) for key, j in sources if key not in kept]
+    if sum(v.size for _, v in todo) > budget or not all(_copies_as_is(v) for _, v in todo):
         return False
-    for key, j in sources:
-        if key not in kept:
-            c = _copy_as_is(values[j])
-            if c is None:
-                return False
-            kept[key] = c
+    for key, v in todo:
+        kept[key] = v.copy(order="K")
     return True
 
 
-def _with_copies(b, args, kept):
-    """Batch b's operands with its params and consts replaced by the run's copies."""
+def _run_operands(b, args, kept, budget):
+    """Batch b's operands as the run had them: its params and consts from ``kept`` (which
+    _keep filled) and, unless ``budget`` is None, copies of the caller's arrays (fed inputs,
+    which the caller may refill); None when those would exceed ``budget`` elements."""
+    caller = () if budget is None else b.caller_operands
+    if sum(args[pos].size for pos in caller) > (budget or 0) or not all(_copies_as_is(args[pos]) for pos in caller):
+        return None
     args = list(args)
     for pos, _, key in b.param_operands:
-        c = kept[key]
-        args[pos] = lift(c, b.rank, False) if b.lifted else c
+        args[pos] = lift(kept[key], b.rank, False) if b.lifted else kept[key]
+    for pos in caller:
+        args[pos] = args[pos].copy(order="K")
     return args
 
 
@@ -266,15 +261,12 @@ def _drop_output(b, values, bstore, kept):
     backward reads in its place has its shape and dtype and no memory (its VJPs do not read
     it), and so do the members' values, which Activations.value makes again when asked."""
     out, args = bstore[b.id]
-    fed = [pos for pos in range(len(args)) if b.fed[pos]]
-    budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in fed)
+    budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in b.caller_operands)
     if budget < 0 or not _keep(b.param_sources, values, kept, budget):
         return
-    args = _with_copies(b, args, kept)
-    for pos in fed:
-        args[pos] = _copy_as_is(args[pos])
-        if args[pos] is None:
-            return
+    args = _run_operands(b, args, kept, KEEP_SHARE * out.size)
+    if args is None:
+        return
     stand_in = _stand_in(out.shape, out.dtype)
     bstore[b.id] = (stand_in, args)
     bstore.setdefault(DROPPED, {})[b.id] = True  # (True while let go; its operands stay the run's copies)
@@ -618,8 +610,10 @@ def backward_pass(acts, loss, seed, check_finite=False):
             cur = store.get(key)
             if cur is None:  # owned: later contributions add in place
                 store[key] = gi if fresh and type(gi) is ndarray else np.array(gi, copy=True)
-            else:
+            elif cur.dtype == gi.dtype:
                 cur += gi
+            else:  # (in place, a wider contribution would be rounded to the buffer's dtype)
+                store[key] = cur + gi
             return
         if gi.shape != shape:
             gi = unbroadcast(gi, shape)
@@ -851,13 +845,14 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             first = values[ref[0]]
+            # computed when asked, from the run's params: copies (when cheap), or the live ones
+            # while no param has been written since; the fed arrays are read as they are then
             dargs, writes = args, None
-            if b.param_operands and b.id not in bstore.get(DROPPED, ()):  # (else they are copies already)
-                kept = bstore.setdefault(KEPT, {})
-                if _keep(b.param_sources, values, kept, KEEP_SHARE * args[pos].size):
-                    dargs = _with_copies(b, args, kept)  # computed when asked: from the params as they were
+            if b.param_operands and b.id not in bstore.get(DROPPED, ()):  # (dropped: copies already)
+                if _keep(b.param_sources, values, bstore.setdefault(KEPT, {}), KEEP_SHARE * args[pos].size):
+                    dargs = _run_operands(b, args, bstore[KEPT], None)
                 else:
-                    writes = (param_writes(), nodes)  # from the live params, while none was written since
+                    writes = (param_writes(), nodes)
             deferred = _Deferred(b, pos, G, out, dargs,
                                  np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:], writes)
             if b.fed_alone[pos]:

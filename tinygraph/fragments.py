@@ -407,7 +407,7 @@ def _untied_accumulate(j, pad, check_shape=True, sole=False):
             f"{pad}prev = grads[{j}]",
             f"{pad}if prev is None:",
             f"{pad}    grads[{j}] = gi",
-            f"{pad}elif {j} in owned:",
+            f"{pad}elif {j} in owned and prev.dtype == gi.dtype:",
             f"{pad}    prev += gi",
             f"{pad}    grads[{j}] = prev",
             f"{pad}else:",

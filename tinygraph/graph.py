@@ -42,11 +42,13 @@ _param_writes = 0  # in-place writes of parameter values by tinygraph, process-w
 
 
 def note_param_write():
-    """Called before tinygraph writes parameter values in place (optimizer steps, tying,
-    load_params).  A run that did not keep a value makes it again from the run's operands;
-    where it kept no copy of a parameter it reads the live array, and so only while no
-    parameter has been written since the run (process-wide: nets share weight arrays
-    across graphs).  Otherwise it says so instead of answering with other numbers."""
+    """Say that parameter values are being written in place.  tinygraph calls it for its own
+    writes (optimizer steps, tying, load_params); call ``tg.note_param_write()`` after
+    writing a weight array yourself (``net.weights["h->h"] *= 0.5``).  A run that did not
+    keep a value makes it again from the run's operands; where it kept no copy of a
+    parameter it reads the live array, and so only while no parameter has been written
+    since the run (process-wide: nets share weight arrays across graphs).  Otherwise it says
+    so instead of answering with other numbers."""
     global _param_writes
     _param_writes += 1
 
