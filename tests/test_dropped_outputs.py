@@ -94,6 +94,8 @@ def test_the_input_projections_are_let_go_and_made_again_bitwise(lean, dtype, fo
         assert acts._values[m].strides == (0, 0) and acts._values[m].shape == (B, 8)
     if lean:
         _assert_ran_lean(acts)
+    assert all(acts.graph.nodes[m] in acts for m in b.members)  # computed, and not made again to say so
+    assert acts._bstore[DROPPED] == {b.id: True}
     _assert_same_runs(dropped, ref)  # every value (members remade), gradient and weight gradient
     assert acts._bstore[DROPPED] == {b.id: False}  # made again once, then kept
     out = acts._bstore[b.id][0]

@@ -513,8 +513,13 @@ class Activations:
         return self._values[self._node(key).index]
 
     def computed(self, node):
-        """``node in self`` for a Node, without the name lookup and error of ``__contains__``."""
-        return node.graph is self.graph and self.value(node.index) is not None
+        """``node in self`` for a Node, without the name lookup and error of ``__contains__``
+        (nor making a dropped batch output again to say so)."""
+        if node.graph is not self.graph:
+            return False
+        dropped = self._bstore.get(DROPPED)
+        mb = self.plan.member_of.get(node.index) if dropped else None
+        return (mb is not None and mb[0] in dropped) or self.value(node.index) is not None
 
     def __contains__(self, key):
         try:
@@ -927,8 +932,9 @@ class _Deferred:
     def __init__(self, b, pos, G, out, args, member_shape, writes):
         self.b, self.pos, self.G, self.out, self.args = b, pos, G, out, args
         self.member_shape = tuple(member_shape)
-        # None: the operands are the run's copies (_drop_output); else (param_writes() at the
-        # sweep, the graph's nodes): the live params are read only while none was written since
+        # None: the params it reads are the run's copies (or there are none); else
+        # (param_writes() at the sweep, the graph's nodes): the live params are read only
+        # while none has been written since
         self.writes = writes
         self._value = None
 

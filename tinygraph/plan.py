@@ -30,7 +30,7 @@ MIN_BATCH = 2
 SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slopes
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
 FED = "fed"  # the key of a run's {(batch id, operand position): array fed whole} (Plan.fed_stacks)
-DROPPED = "dropped"  # the key of a run's {batch id: True} for stacked outputs let go after forward (Plan.droppable)
+DROPPED = "dropped"  # the key of a run's {batch id: still let go?} for outputs let go after forward (Plan.droppable)
 KEPT = "kept"  # the key of a run's {Plan.kept_key: copy of a source's value} (autodiff._keep)
 NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its run has no buffer
 
@@ -97,8 +97,9 @@ def _bind_batch_rules(b):
     (the op's batched rule or its elementwise one, with the members' attributes), whether
     operands get lifted (plan.lift), and whether every VJP returns a new array (the built-in
     matmul: a product), so that its rows may take later contributions in place without a
-    memory check, and reads no output (so the output may be let go, Plan.droppable).  A missing rule fails when called: an operand whose gradient nobody needs
-    (labels, fed data) needs none."""
+    memory check, and whether a VJP reads the output (if none does, the output may be let
+    go: Plan.droppable).  A missing rule fails when called: an operand whose gradient
+    nobody needs (labels, fed data) needs none."""
     op, attrs = b.op, b.attrs
     b.lifted = b.kind == "elementwise" or (b.kind == "dedicated" and op.batch[1])
     fwd = op.batch[0] if b.kind == "dedicated" else op.forward
@@ -416,8 +417,8 @@ class Plan:
             # operands that are the caller's arrays (fed inputs, stacked or read whole): a run
             # copies them before it makes anything again from them (they may be refilled)
             b.caller_operands = tuple(
-                pos for pos, (kind, ref) in enumerate(b.inputs)
-                if b.fed[pos] or (kind in ("shared", "tied") and nodes[ref if kind == "shared" else ref[0]].op == "input"))
+                pos for pos, (kind, ref) in enumerate(b.inputs) if b.fed[pos]
+                or (kind in ("shared", "tied") and nodes[ref if kind == "shared" else ref[0]].op == "input"))
 
     def _droppable(self, batches):
         """Batches whose stacked output a fast run lets go once forward is done (an unrolled
