@@ -263,6 +263,18 @@ def test_small_outputs_are_kept_by_default(monkeypatch):
         assert (DROPPED in out.acts._bstore) == dropped, (T, B, H)
 
 
+def test_the_zero_gradient_of_a_member_the_loss_does_not_reach_needs_no_remake():
+    # backward from the initial state, which no P_t feeds: their batch gets no gradient at all
+    net, X, Y = _net(8, 4)
+    ff = net.unroll(8)
+    out = _run(ff, X, Y, backward=False)
+    b = _x_batch(out.acts)
+    grads = out.acts.backward(out.graph["h@t0"], seed=np.ones((4, 8)))
+    g3 = grads[out.graph["in[x->h]@t3"]]
+    assert g3.shape == (4, 8) and not g3.any()
+    assert out.acts._bstore[DROPPED] == {b.id: True}  # answered without making P again
+
+
 def test_a_member_read_by_another_node_keeps_the_output():
     T = 6
     net, X, Y = _net(T, 2)

@@ -1004,7 +1004,10 @@ class Gradients:
         g = self._raw(i)
         if g is not None:
             return g
-        v = self.acts.value(i)
+        values = self.acts._values
+        v = values[i] if i < len(values) else None  # (a dropped member's stand-in has its shape)
+        if v is None:
+            v = self.acts.value(i)
         if v is not None:
             return np.zeros(np.shape(v))
         if node.op == "param":
