@@ -854,7 +854,8 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
             # while no param has been written since; the fed arrays are read as they are then
             dargs, writes = args, None
             if b.param_operands and b.id not in bstore.get(DROPPED, ()):  # (dropped: copies already)
-                if _keep(b.param_sources, values, bstore.setdefault(KEPT, {}), KEEP_SHARE * args[pos].size):
+                budget = KEEP_SHARE * args[pos].size
+                if b.param_size <= budget and _keep(b.param_sources, values, bstore.setdefault(KEPT, {}), budget):
                     dargs = _run_operands(b, args, bstore[KEPT], None)
                 else:
                     writes = (param_writes(), nodes)

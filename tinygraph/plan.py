@@ -76,7 +76,8 @@ class Batch:
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
                  "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy", "lifted", "forward",
-                 "vjps", "fresh_vjps", "vjps_read_out", "param_operands", "param_sources", "caller_operands")
+                 "vjps", "fresh_vjps", "vjps_read_out", "param_operands", "param_sources", "param_size",
+                 "caller_operands")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -414,6 +415,7 @@ class Plan:
                 (pos, j, self.kept_key(j)) for pos, (kind, ref) in enumerate(b.inputs) if kind in ("shared", "tied")
                 for j in (ref if kind == "shared" else ref[0],) if nodes[j].op in ("param", "const"))
             b.param_sources = tuple((key, j) for _, j, key in b.param_operands)  # (as autodiff._keep takes them)
+            b.param_size = sum(np.size(nodes[j].value) for _, j in b.param_sources)  # (what copying them costs)
             # operands that are the caller's arrays (fed inputs, stacked or read whole): a run
             # copies them before it makes anything again from them (they may be refilled)
             b.caller_operands = tuple(
