@@ -18,8 +18,8 @@ from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .graph import param_writes
 from .node import Node
-from .plan import (BATCH, BATCH_SUM, DROPPED, FED, KEPT, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER, Plan, RowOut, SlopeRow, lift,
-                   stack_rows)
+from .plan import (BATCH, BATCH_SUM, DROPPED, FED, KEPT, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER,
+                   Plan, RowOut, SlopeRow, lift, stack_rows)
 from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
 
@@ -227,11 +227,11 @@ def _copies_as_is(v):
 
 
 def _keep(sources, values, kept, budget):
-    """Copy the values of ``sources`` ((kept_key, index) of params and consts) into ``kept``,
+    """Copy the values of ``sources`` ({kept_key: index} of params and consts) into ``kept``,
     all or none: True when all are there (copies made before count), False (nothing copied)
     when those still to copy take more than ``budget`` elements or one is strided.  Remakes
     read the copies, so a value made after an optimizer step is still the run's."""
-    todo = [(key, values[j]) for key, j in sources if key not in kept]
+    todo = [(key, values[j]) for key, j in sources.items() if key not in kept]
     if sum(v.size for _, v in todo) > budget or not all(_copies_as_is(v) for _, v in todo):
         return False
     for key, v in todo:
@@ -239,34 +239,30 @@ def _keep(sources, values, kept, budget):
     return True
 
 
-def _run_operands(b, args, kept, budget):
-    """Batch b's operands as the run had them: its params and consts from ``kept`` (which
-    _keep filled) and, unless ``budget`` is None, copies of the caller's arrays (fed inputs,
-    which the caller may refill); None when those would exceed ``budget`` elements."""
-    caller = () if budget is None else b.caller_operands
-    if sum(args[pos].size for pos in caller) > (budget or 0) or not all(_copies_as_is(args[pos]) for pos in caller):
-        return None
+def _with_param_copies(b, args, kept):
+    """Batch b's operands with its params and consts replaced by the run's copies (_keep)."""
     args = list(args)
-    for pos, _, key in b.param_operands:
+    for pos, key in b.param_operands:
         args[pos] = lift(kept[key], b.rank, False) if b.lifted else kept[key]
-    for pos in caller:
-        args[pos] = args[pos].copy(order="K")
     return args
 
 
 def _drop_output(b, values, bstore, kept):
     """Let go of batch b's stacked output (Plan.droppable) when the run can keep copies of
     the operands it is made again from that take at most KEEP_SHARE of it: its params (an
-    optimizer step may change them in place) and its fed inputs (the caller's arrays).  What
-    backward reads in its place has its shape and dtype and no memory (its VJPs do not read
-    it), and so do the members' values, which Activations.value makes again when asked."""
+    optimizer step may change them in place) and its fed inputs (the caller's arrays, which
+    the caller may refill).  What backward reads in its place has its shape and dtype and no
+    memory (its VJPs do not read it), and so do the members' values, which
+    Activations.value makes again when asked."""
     out, args = bstore[b.id]
-    budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in b.caller_operands)
-    if budget < 0 or not _keep(b.param_sources, values, kept, budget):
+    caller = b.caller_operands
+    budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in caller)
+    if (budget < 0 or not all(_copies_as_is(args[pos]) for pos in caller)
+            or not _keep(b.param_sources, values, kept, budget)):
         return
-    args = _run_operands(b, args, kept, KEEP_SHARE * out.size)
-    if args is None:
-        return
+    args = _with_param_copies(b, args, kept)
+    for pos in caller:
+        args[pos] = args[pos].copy(order="K")
     stand_in = _stand_in(out.shape, out.dtype)
     bstore[b.id] = (stand_in, args)
     bstore.setdefault(DROPPED, {})[b.id] = True  # (True while let go; its operands stay the run's copies)
@@ -850,17 +846,8 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             first = values[ref[0]]
-            # computed when asked, from the run's params: copies (when cheap), or the live ones
-            # while no param has been written since; the fed arrays are read as they are then
-            dargs, writes = args, None
-            if b.param_operands and b.id not in bstore.get(DROPPED, ()):  # (dropped: copies already)
-                budget = KEEP_SHARE * args[pos].size
-                if b.param_size <= budget and _keep(b.param_sources, values, bstore.setdefault(KEPT, {}), budget):
-                    dargs = _run_operands(b, args, bstore[KEPT], None)
-                else:
-                    writes = (param_writes(), nodes)
-            deferred = _Deferred(b, pos, G, out, dargs,
-                                 np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:], writes)
+            deferred = _Deferred(b, pos, G, out, *_deferred_operands(b, pos, args, values, bstore, nodes),
+                                 np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:])
             if b.fed_alone[pos]:
                 lazy[(b.id, pos)] = deferred  # input k's gradient: row k (plan.fed_rows)
                 continue
@@ -917,6 +904,19 @@ def _source_grads_one_by_one(b, grads, accumulate):
                 accumulate(j, _ops.unbroadcast(grads[a], shape))
 
 
+def _deferred_operands(b, pos, args, values, bstore, nodes):
+    """(operands, writes) for operand pos's deferred gradient, computed when asked from the
+    run's params: its copies when cheap (writes None), else the live ones while no param
+    has been written since (writes: (param_writes() now, the graph's nodes)).  The fed
+    arrays are read as they are then."""
+    if not b.param_operands or b.id in bstore.get(DROPPED, ()):  # (dropped: copies already)
+        return args, None
+    budget = KEEP_SHARE * args[pos].size
+    if b.param_size <= budget and _keep(b.param_sources, values, bstore.setdefault(KEPT, {}), budget):
+        return _with_param_copies(b, args, bstore[KEPT]), None
+    return args, (param_writes(), nodes)
+
+
 def _unchanged_since(writes, node, what):
     if param_writes() != writes:
         raise GraphError(
@@ -930,13 +930,10 @@ class _Deferred:
 
     __slots__ = ("b", "pos", "G", "out", "args", "member_shape", "writes", "_value")
 
-    def __init__(self, b, pos, G, out, args, member_shape, writes):
+    def __init__(self, b, pos, G, out, args, writes, member_shape):
         self.b, self.pos, self.G, self.out, self.args = b, pos, G, out, args
         self.member_shape = tuple(member_shape)
-        # None: the params it reads are the run's copies (or there are none); else
-        # (param_writes() at the sweep, the graph's nodes): the live params are read only
-        # while none has been written since
-        self.writes = writes
+        self.writes = writes  # see _deferred_operands
         self._value = None
 
     def __getitem__(self, k):

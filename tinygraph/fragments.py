@@ -145,7 +145,7 @@ class Fragment:
                                    for p, (_, v, t) in enumerate(vjps) if v is TIED_OUTER)
 
 
-_NO_SLOPES = (None, None, False, None)  # (slopes, product rows, shape, dtype) of an entry without
+_NO_SLOPES = (None, None, False, None)  # (slopes, product rows, shape, dtype) of an entry without a slope group
 
 
 class Chain:

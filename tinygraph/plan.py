@@ -410,12 +410,12 @@ class Plan:
         self.lean_sources = self._lean_sources()
         self._consumers = None
         self.droppable = self._droppable(batches)
-        for b in batches:  # the params and consts a batch reads whole: (position, index, kept_key)
-            b.param_operands = tuple(
-                (pos, j, self.kept_key(j)) for pos, (kind, ref) in enumerate(b.inputs) if kind in ("shared", "tied")
-                for j in (ref if kind == "shared" else ref[0],) if nodes[j].op in ("param", "const"))
-            b.param_sources = tuple((key, j) for _, j, key in b.param_operands)  # (as autodiff._keep takes them)
-            b.param_size = sum(np.size(nodes[j].value) for _, j in b.param_sources)  # (what copying them costs)
+        for b in batches:
+            whole = [(pos, ref if kind == "shared" else ref[0]) for pos, (kind, ref) in enumerate(b.inputs)
+                     if kind in ("shared", "tied")]  # operands read whole: (position, index)
+            b.param_sources = self._kept_sources(j for _, j in whole)  # the params and consts among them
+            b.param_operands = tuple((pos, self.kept_key(j)) for pos, j in whole if nodes[j].op in ("param", "const"))
+            b.param_size = sum(np.size(nodes[j].value) for j in b.param_sources.values())  # (what copying them costs)
             # operands that are the caller's arrays (fed inputs, stacked or read whole): a run
             # copies them before it makes anything again from them (they may be refilled)
             b.caller_operands = tuple(
@@ -446,19 +446,22 @@ class Plan:
                      if good and all(m in read for m in self.batches[bid].members))
 
     def _lean_sources(self):
-        """(kept_key, index) of the params and consts that a lean chain's sums and products
-        (plan.recompute) are made again from: a fast run copies them when that is cheap
-        (autodiff._keep), so that a value made after an optimizer step changed them in place
-        is still the run's."""
-        nodes = self.graph.nodes
+        """The params and consts a lean chain's sums and products (plan.recompute) are made
+        again from: a fast run copies them when that is cheap (autodiff._keep), so that a
+        value made after an optimizer step changed them in place is still the run's."""
         read = []
         for how in self.recompute.values():
             read += [how[2]] if how[0] == "dot" else how[1].sources
+        return self._kept_sources(read)
+
+    def _kept_sources(self, indices):
+        """{kept_key: index} of the params and consts among ``indices`` (one per key)."""
+        nodes = self.graph.nodes
         out = {}
-        for j in read:
+        for j in indices:
             if nodes[j].op in ("param", "const"):
                 out.setdefault(self.kept_key(j), j)
-        return tuple(out.items())
+        return out
 
     def kept_key(self, j):
         """Source j's key among a run's kept copies: its tie group (the copies of a tie are
