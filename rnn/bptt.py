@@ -13,7 +13,7 @@ import numpy as np
 
 from tinygraph.ops import _logistic
 
-from .data import resolve_all
+from .data import check_truncate, resolve_all
 from .unroll import initial_state
 
 
@@ -73,7 +73,8 @@ def bptt(net, steps, inputs=(), targets=(), truncate=None, reduce="sum"):
     clamps, tgts, batch = resolve_all(net, T, inputs, targets)
     B = batch or 1
     order = net.group_order()
-    cut = None if truncate is None or truncate >= T else T - int(truncate)
+    truncate = check_truncate(truncate, T)
+    cut = None if truncate is None else T - truncate
     W = net.weights
     incoming = {g: net.incoming(g) for g in order}
 

@@ -66,9 +66,13 @@ def resolve_units(units, size, where):
     if isinstance(units, slice):
         units = range(size)[units]
     try:
-        out = np.asarray([int(u) for u in units], dtype=np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: units must be a list of unit indices, got {units!r}") from None
+        items = list(units)
+    except TypeError:
+        items = None
+    if items is None or not all(isinstance(u, (int, np.integer)) and not isinstance(u, (bool, np.bool_))
+                                for u in items):
+        raise DataError(f"{where}: units must be a list of int unit indices, got {units!r}")
+    out = np.asarray([int(u) for u in items], dtype=np.int64)
     if out.size == 0:
         raise DataError(f"{where}: units selects no unit")
     bad = [int(u) for u in out if not 0 <= u < size]
@@ -83,11 +87,18 @@ def resolve_units(units, size, where):
 
 def _values(values, n_steps, n_units, where, integer=False):
     try:
-        arr = np.asarray(values, dtype=np.int64) if integer else np.asarray(values)
-        if not integer and arr.dtype.kind != "f":
-            arr = arr.astype(np.float64)  # a float dtype the user chose (float32) is kept
+        arr = np.asarray(values)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: values must be numeric arrays ({exc})") from None
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{where}: values must be numeric arrays of real numbers, got dtype {arr.dtype}")
+    if integer:
+        if arr.dtype.kind == "f" and arr.size and not np.all(np.floor(arr) == arr):
+            raise DataError(f"{where}: class labels must be whole numbers, got {arr.ravel()[:8]} (one-hot rows: "
+                            f"give shape (steps, batch, classes))")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind != "f":
+        arr = arr.astype(np.float64)  # a float dtype the user chose (float32) is kept
     last = () if integer else (n_units,)
     want = (n_steps, "batch") + last
     if arr.ndim == len(want) - 1 and n_steps == 1:
@@ -189,12 +200,19 @@ class Target:
             values = _values(arr, len(steps), n, where, integer=not onehot)
             if not onehot and values.size and (values.min() < 0 or values.max() >= n):
                 raise DataError(f"{where}: class labels must lie in 0..{n - 1}")
+            if onehot and values.size:
+                sums = values.sum(axis=-1)
+                if values.min() < 0 or not np.all(np.isclose(sums, 1) | (sums == 0)):
+                    raise DataError(f"{where}: one-hot rows must be >= 0 and sum to 1 (class probabilities; a row of "
+                                    f"zeros counts nothing); class labels go as ints of shape (steps, batch)")
         else:
             values = _values(self.values, len(steps), n, where)
             if self.mask is not None:
                 mask = _values(self.mask, len(steps), n, where + " mask")
                 if mask.shape != values.shape:
                     raise DataError(f"{where}: mask shape {mask.shape} differs from values shape {values.shape}")
+                if mask.size and mask.min() < 0:
+                    raise DataError(f"{where}: mask entries weigh the errors and must be >= 0 (0 ignores an entry)")
         steps, values, mask = _in_time_order(steps, values, mask)
         return steps, units, values, mask
 
@@ -231,9 +249,20 @@ def resolve_all(net, T, inputs, targets, check_overlaps=True):
     batches = {int(r[3].shape[1]) for r in clamps} | {int(r[3].shape[1]) for r in tgts}
     if len(batches) > 1:
         raise DataError(f"clamps and targets disagree on the batch size: {sorted(batches)}")
+    if batches == {0}:
+        raise DataError("clamps and targets hold no example (batch size 0)")
     if check_overlaps:
         refuse_overlaps(net, clamps, tgts)
     return clamps, tgts, (batches.pop() if batches else None)
+
+
+def check_truncate(truncate, T):
+    """``truncate`` as run and bptt take it: None (no cut) or an int in 1..T (T: no cut either)."""
+    if truncate is None:
+        return None
+    if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or not 1 <= truncate <= T:
+        raise DataError(f"truncate must be an int in 1..T={T}, got {truncate!r}")
+    return None if truncate == T else int(truncate)
 
 
 def refuse_overlaps(net, clamps, tgts):

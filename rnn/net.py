@@ -161,6 +161,9 @@ class RecurrentNet:
                 name = f"{src}->{dst}[d{delay}]"
         if not isinstance(name, str) or not name:
             raise NetError(f"connection {src}->{dst}: name must be a non-empty string, got {name!r}")
+        if name.startswith(("bias:", "init:")):
+            raise NetError(f"connection {src}->{dst}: names beginning with 'bias:' or 'init:' are kept for the "
+                           f"groups' biases and learned initial states; pass another name= (got {name!r})")
         if name in self.weights:
             raise NetError(f"net '{self.name}' already has a weight named '{name}'; pass another name=")
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.number)) or not np.isfinite(scale):

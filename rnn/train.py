@@ -21,14 +21,45 @@ def _with_step_axis(values, single_step_ndim):
     return arr[None] if arr.ndim == single_step_ndim else arr
 
 
+def _steps_named(steps):
+    """How many steps a spec names when that does not depend on T (None for "all")."""
+    if isinstance(steps, str):
+        return 1 if steps in ("final", "initial") else None
+    if isinstance(steps, tuple) and len(steps) == 2 and steps[0] == "last":
+        return steps[1] if isinstance(steps[1], (int, np.integer)) else None
+    if isinstance(steps, (int, np.integer)):
+        return 1
+    try:
+        return len(steps)
+    except TypeError:
+        return None
+
+
+def _cross_entropy_values(t, examples):
+    """A cross-entropy target's values with their step axis: class labels (steps, N) or one-hot
+    rows (steps, N, classes).  One step may come as labels (N,) or as one-hot rows (N, classes),
+    which Target tells from labels (1, N) by the group's size; without the net, a 2-D float
+    array for one named step is one-hot rows unless its first axis is 1 and the examples
+    (``examples``, from the other records) are not 1."""
+    arr = np.asarray(t.values)
+    if arr.ndim == 1:
+        return arr[None]
+    if (arr.ndim == 2 and _steps_named(t.steps) == 1 and arr.dtype.kind == "f"
+            and (arr.shape[0] != 1 or examples == {1})):
+        return arr[None]
+    return arr
+
+
 class SequenceData:
     """A set of examples along the batch axis: clamps and targets whose values hold
     every example (shape (steps, N, units)).  ``subset(idx)`` slices the batch."""
 
     def __init__(self, inputs, targets):
         self.inputs = [Clamp(c.group, _with_step_axis(c.values, 2), c.steps, c.units) for c in inputs]
-        self.targets = [Target(t.group, _with_step_axis(t.values, 1 if t.loss == "cross_entropy" else 2),
-                               t.steps, t.units, t.loss,
+        plain = [t for t in targets if t.loss != "cross_entropy"]
+        examples = {np.shape(_with_step_axis(x.values, 2))[1] for x in list(inputs) + plain}
+        self.targets = [Target(t.group, _cross_entropy_values(t, examples) if t.loss == "cross_entropy"
+                               else _with_step_axis(t.values, 2), t.steps, t.units, t.loss,
                                None if t.mask is None else _with_step_axis(t.mask, 2)) for t in targets]
         sizes = {np.shape(x.values)[1] for x in self.inputs + self.targets}
         if len(sizes) != 1:

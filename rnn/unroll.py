@@ -16,7 +16,7 @@ import numpy as np
 import tinygraph as tg
 from tinygraph.autodiff import run_forward
 
-from .data import DataError, refuse_overlaps, resolve_all
+from .data import DataError, check_truncate, refuse_overlaps, resolve_all
 from .net import NetError
 
 _ACT = {"logistic": tg.logistic, "tanh": tg.tanh, "relu": tg.relu, "linear": tg.identity,
@@ -38,6 +38,7 @@ class Emitted:
         self.feeds = []  # (input node, "clamp"|"target"|"mask", record index, position in its steps)
         self.feed_at = {}  # input node index -> (group, step, units or None for all): what it feeds
         self._records = None  # self.feeds grouped by record (see feed_dict)
+        self._initials = {}  # group -> the Group.initial its constant initial state was made from
         self.cut = None if truncate is None else T - truncate
         order = net.group_order()
 
@@ -79,6 +80,7 @@ class Emitted:
                     self.copy_steps[f"init:{grp}"].append(0)
                 else:
                     base = g.const(initial_state(G, net.dtype), name=base_name)
+                    self._initials[grp] = G.initial  # (set_initial replaces it: see storage_current)
                 if batched:
                     base = tg.broadcast_like(base, self.batch_node,
                                              name=f"rows[{grp}]@t0" if partial else f"{grp}@t0")
@@ -114,10 +116,16 @@ class Emitted:
                     self.copies[f"bias:{grp}"].append(b)
                     self.copy_steps[f"bias:{grp}"].append(t)
                     terms.append(b)
+                # a total no batched state reaches (a bias-only group) is repeated over the batch,
+                # as the initial states are, so every example has its own dE/dtotal and dE/dstate
+                shared = self.batch_node is not None and all(len(x.shape) < 2 for x in terms)
+                name = f"shared[net[{grp}]]@t{t}" if shared else f"net[{grp}]@t{t}"
                 if terms:
-                    total = tg.add_n(terms, name=f"net[{grp}]@t{t}")
+                    total = tg.add_n(terms, name=name)
                 else:
-                    total = g.const(np.zeros(G.size, dtype=net.dtype), name=f"net[{grp}]@t{t}")
+                    total = g.const(np.zeros(G.size, dtype=net.dtype), name=name)
+                if shared:
+                    total = tg.broadcast_like(total, self.batch_node, name=f"net[{grp}]@t{t}")
                 self.totals[t][grp] = total
                 partial = bool(clamp_at.get((grp, t)))
                 state = _ACT[G.activation](total, name=f"act[{grp}]@t{t}" if partial else f"{grp}@t{t}")
@@ -141,11 +149,7 @@ class Emitted:
                     lab = g.input(f"target[{tag}]", (None, net.groups[grp].size) if onehot else (None,),
                                   dtype=np.float64 if onehot else np.int64)
                     self._feed(lab, "target", r, pos, grp, t, None)
-                    logits = self.totals[t][grp]
-                    if self.batch_node is not None and len(logits.shape) == 1:  # no connection brings a batch
-                        key = f"rows[net[{grp}]]@t{t}"
-                        logits = g[key] if key in g else tg.broadcast_like(logits, self.batch_node, name=key)
-                    losses.append(tg.cross_entropy(logits, lab, name=f"loss[{tag}]"))
+                    losses.append(tg.cross_entropy(self.totals[t][grp], lab, name=f"loss[{tag}]"))
                     continue
                 sel = state if units is None else tg.getitem(state, (Ellipsis, units), name=f"sel[{tag}]")
                 tgt = g.input(f"target[{tag}]", (None, len(units) if units is not None else net.groups[grp].size))
@@ -189,11 +193,15 @@ class Emitted:
         return self._records
 
     def storage_current(self):
-        """False when the user replaced an array in net.weights (copies would read the old one)."""
+        """False when the net changed since this graph was emitted: an array in net.weights
+        replaced (copies would read the old one), a weight or group added, or a fixed initial
+        state set anew (it is a constant of this graph)."""
         for name, copies in self.copies.items():
             if copies and copies[0].value is not self.net.weights.get(name):
                 return False
-        return len(self.copies) == len(self.net.weights)
+        groups = self.net.groups
+        return (len(self.copies) == len(self.net.weights) and len(self.layers[0]) == len(groups)
+                and all(groups[g].initial is init for g, init in self._initials.items()))
 
 
 def initial_state(group, dtype=np.float64):
@@ -237,6 +245,12 @@ class RunResult:
                 out[name] = cs.raw_variable_grad(cs.variable(copies[0]), self.grads) if copies else np.zeros_like(arr)
             self._weight_grads = out
         return self._weight_grads
+
+    def layer(self, t):
+        """{group: state node} at step t of this run's graph (``ff.layer(t)`` is the latest run's)."""
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t <= self.emitted.T:
+            raise NetError(f"layer: t must be an int in 0..{self.emitted.T}, got {t!r}")
+        return dict(self.emitted.layers[t])
 
     def step_grads(self, name):
         """{step: that step's copy's gradient} for weight ``name`` (per-step contributions)."""
@@ -348,10 +362,7 @@ class Unrolled:
         DataError for clamps or targets that do not fit the net or T; NonFiniteError.
         """
         clamps, tgts, batch = resolve_all(self.net, self.T, inputs, targets, check_overlaps=False)
-        if truncate is not None:
-            if isinstance(truncate, bool) or not isinstance(truncate, (int, np.integer)) or not 1 <= truncate <= self.T:
-                raise DataError(f"truncate must be an int in 1..T={self.T}, got {truncate!r}")
-            truncate = None if truncate == self.T else int(truncate)
+        truncate = check_truncate(truncate, self.T)
         em = self._latest = self._emit(clamps, tgts, truncate)
         # the clamps and targets were checked against the net above: feed them as they are
         acts = run_forward(em.graph, em.feed_dict(clamps, tgts, batch), check_finite=check_finite, trusted=True)

@@ -780,6 +780,17 @@ DATA = [
      ("Target('c')", "whole group"), None),
     ("target-mask-shape", adder, [C("x", X)], [Tg("y", Y, mask=np.ones((T, B, 2)))], ("Target('y') mask",
                                                                                        "(3, 2, 2)"), None),
+    ("target-mask-negative", adder, [C("x", X)], [Tg("y", Y, mask=-np.ones((T, B, 1)))], ("Target('y')", ">= 0"), None),
+    ("target-units-bools", adder, [C("x", X)], [Tg("h", np.zeros((T, B, 2)), units=[True, False])],
+     ("Target('h')", "int unit indices", "[True, False]"), None),
+    ("target-units-float", adder, [C("x", X)], [Tg("h", np.zeros((T, B, 1)), units=[0.5])],
+     ("Target('h')", "int unit indices", "[0.5]"), None),
+    ("clamp-complex-values", adder, [C("x", X + 1j)], [Tg("y", Y)], ("Clamp('x')", "complex128"), None),
+    ("target-ce-fractional-labels", classifier, [C("x", X)], [Tg("c", np.full((T, B), 1.5), loss="cross_entropy")],
+     ("Target('c')", "whole numbers", "1.5"), None),
+    ("target-ce-one-hot-row-sums", classifier, [C("x", X)],
+     [Tg("c", np.stack([np.eye(3)[[0, 1]] * 2] * T), loss="cross_entropy")], ("Target('c')", "sum to 1"), None),
+    ("data-batch-zero", adder, [C("x", np.zeros((T, 0, 2)))], [Tg("y", np.zeros((T, 0, 1)))], ("batch size 0",), None),
 ]
 
 RUNNERS = {
@@ -795,6 +806,10 @@ for _id, _build, _inputs, _targets, _frags, _bug in DATA:
                  _call, _build, _inputs, _targets),
              *_frags, exc=NetError, bug=None if _bug is None else _bug)
 
+case("bptt-truncate-zero", lambda _: rnn.bptt(adder(), T, [C("x", X)], [Tg("y", Y)], truncate=0),
+     "truncate", "1..T=3", "0", exc=DataError)
+case("bptt-truncate-fraction", lambda _: rnn.bptt(adder(), T, [C("x", X)], [Tg("y", Y)], truncate=1.5),
+     "truncate", "1.5", exc=DataError)
 case("run-truncate-zero", lambda _: adder().unroll(T).run([C("x", X)], [Tg("y", Y)], truncate=0),
      "truncate", "0", exc=DataError)
 case("run-truncate-past-T", lambda _: adder().unroll(T).run([C("x", X)], [Tg("y", Y)], truncate=T + 1),

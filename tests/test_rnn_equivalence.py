@@ -537,6 +537,32 @@ def test_deltas_at_step_zero_are_per_example():
     assert relative_error(out.deltas("h"), want) <= TOL_BPTT
 
 
+@pytest.mark.parametrize("T", [1, 3])
+def test_a_group_no_batched_state_reaches_has_per_example_deltas(T):
+    """A bias-only group (and one it alone feeds) has the same state for every example, but
+    each example's error is its own: dE/dstate and dE/dtotal must be per example, as in bptt,
+    not the batch's total repeated (the graph repeats such a total over the batch)."""
+    net = rnn.RecurrentNet("shared", seed=1)
+    net.add_group("h", 2, activation="linear")           # no incoming connection: its state is its bias
+    net.add_group("k", 1, activation="tanh")
+    net.connect("h", "k", delay=0)                        # fed by h alone: shared by the batch too
+    net.weights["bias:h"][...] = [0.2, -0.4]
+    rng = np.random.default_rng(0)
+    targets = [rnn.Target("h", rng.normal(size=(T, 3, 2)), steps="all"),
+               rnn.Target("k", rng.normal(size=(T, 3, 1)), steps="all")]
+    out = net.unroll(T).run([], targets)
+    ref = rnn.bptt(net, T, [], targets)
+    for g in ("h", "k"):
+        want = np.stack([ref.deltas[t][g] for t in range(T + 1)])
+        assert out.deltas(g).shape == want.shape
+        assert relative_error(out.deltas(g), want) <= TOL_BPTT
+    insp = rnn.inspect(net, T, [], targets)
+    assert relative_error(insp.state_deltas["h"][1:], np.stack([ref.deltas[t]["h"] for t in range(1, T + 1)])) <= TOL_BPTT
+    for name in net.weights:
+        assert relative_error(out.weight_grads[name], ref.grads[name]) <= TOL_BPTT
+    assert rnn.check_equivalence(net, T, [], targets).passed
+
+
 # ----------------------------------------------------------------------------- several targets add up
 def test_several_targets_add_their_derivatives():
     T = 4

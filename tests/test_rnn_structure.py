@@ -444,3 +444,76 @@ def test_unsorted_steps_keep_their_values():
         return
     assert np.array_equal(out.states("x")[3], V[0])
     assert np.array_equal(out.states("x")[1], V[1])
+
+
+# ----------------------------------------------------------------- the net changing after unroll
+
+@pytest.mark.parametrize("new", [5.0, "zero", [0.1, 0.2], None])
+def test_set_initial_after_unroll_is_seen_by_the_next_run(new):
+    """A fixed initial state is a constant of the emitted graph: setting it anew must make the
+    next run emit again (as replacing a weight does), never run on the old constant."""
+    net = rnn.RecurrentNet("init", seed=0)
+    net.add_group("h", 2, activation="linear", initial=0.3)
+    net.connect("h", "h", delay=1, weight=np.eye(2))
+    Y = np.ones((2, 1, 2))
+    ff = net.unroll(2)
+    before = ff.run([], [rnn.Target("h", Y, steps="all")])
+    net.set_initial("h", new)
+    after = ff.run([], [rnn.Target("h", Y, steps="all")])
+    ref = rnn.bptt(net, 2, [], [rnn.Target("h", Y, steps="all")])
+    assert np.array_equal(after.states("h")[0], ref.states[0]["h"])
+    assert after.loss == pytest.approx(ref.loss, rel=1e-12)
+    assert np.array_equal(before.states("h")[0], np.full((1, 2), 0.3))  # the earlier run keeps its numbers
+
+
+def test_a_group_added_after_unroll_is_seen_by_the_next_run():
+    net = rnn.RecurrentNet("grow", seed=0)
+    net.add_group("h", 2, activation="tanh")
+    ff = net.unroll(2)
+    ff.run([], [rnn.Target("h", np.zeros((2, 1, 2)), steps="all")])
+    net.add_group("k", 1, activation="linear", bias=False)  # adds no weight
+    out = ff.run([], [rnn.Target("k", np.ones((2, 1, 1)), steps="all")])
+    assert "k" in out.layer(1)
+    assert out.loss == pytest.approx(rnn.bptt(net, 2, [], [rnn.Target("k", np.ones((2, 1, 1)), steps="all")]).loss)
+
+
+@pytest.mark.parametrize("name", ["bias:c", "init:b"])
+def test_connection_names_cannot_take_a_bias_or_initial_state_name(name):
+    net = rnn.RecurrentNet("names", seed=0)
+    net.add_group("a", 2)
+    net.add_group("b", 3)
+    with pytest.raises(rnn.NetError, match="kept for the groups' biases"):
+        net.connect("a", "b", name=name)
+    assert name not in net.connections and set(net.weights) == {"bias:a", "bias:b"}
+
+
+def test_results_of_one_run_index_by_that_runs_layer():
+    """Runs with different clamp or target structures emit different graphs (of one name):
+    ``out.layer(t)`` gives this run's nodes, and a node of another run is refused, saying so."""
+    net = rnn.RecurrentNet("two", seed=0)
+    net.add_group("x", 1, role="input")
+    net.add_group("h", 2, activation="tanh")
+    net.connect("x", "h", delay=0)
+    ff = net.unroll(2)
+    X = np.ones((2, 3, 1))
+    o1 = ff.run([rnn.Clamp("x", X)], [rnn.Target("h", np.zeros((2, 3, 2)), steps="all")])
+    o2 = ff.run([rnn.Clamp("x", X)], [rnn.Target("h", np.zeros((1, 3, 2)), steps="final")])
+    assert o1.grads[o1.layer(1)["h"]].shape == (3, 2)
+    with pytest.raises(tg.GraphError, match="another graph that is also named"):
+        o1.grads[o2.layer(1)["h"]]
+    with pytest.raises(rnn.NetError, match="0..2"):
+        o1.layer(3)
+
+
+def test_check_equivalence_default_targets_leave_clamped_units_alone():
+    net = rnn.RecurrentNet("forced", seed=0)
+    net.add_group("h", 3, activation="tanh")
+    net.add_group("y", 1, role="output")
+    net.connect("h", "y", delay=0)
+    net.connect("h", "h", delay=1)
+    rng = np.random.default_rng(0)
+    every = [rnn.Clamp("h", rng.normal(size=(3, 2, 3)))]                         # h fixed at every step
+    some = [rnn.Clamp("h", rng.normal(size=(2, 2, 2)), steps=[1, 3], units=[0, 2])]  # two units at two steps
+    for clamps in (every, some):
+        rep = rnn.check_equivalence(net, 3, clamps)
+        assert rep.passed, rep

@@ -81,3 +81,19 @@ def test_window_training_learns_the_echo():
     net = t.net(seed=0)
     hist = train(net, t.train, t.steps, lr=0.02, epochs=15, batch_size=32, progress=False, window=10, truncate=5)
     assert hist.loss[-1] < hist.loss[0] / 50
+
+
+@pytest.mark.parametrize("N", [3, 5])
+def test_sequence_data_slices_examples_of_a_single_step_one_hot_target(N):
+    """One step of one-hot rows (N, classes), which Target accepts, keeps its rows with their
+    examples when SequenceData takes a subset (the batch axis, never the classes)."""
+    X = np.arange(2 * N, dtype=float).reshape(2, N, 1)
+    classes = np.arange(N) % 3
+    onehot = np.eye(3)[classes]
+    data = SequenceData([rnn.Clamp("x", X)], [rnn.Target("y", onehot, steps="final", loss="cross_entropy")])
+    order = np.arange(N)[::-1]
+    ins, tgts = data.subset(order)
+    assert np.array_equal(np.asarray(ins[0].values)[0, :, 0], X[0, order, 0])
+    assert np.array_equal(np.asarray(tgts[0].values)[0], onehot[order])
+    labels = SequenceData([rnn.Clamp("x", X)], [rnn.Target("y", classes, steps="final", loss="cross_entropy")])
+    assert np.array_equal(np.asarray(labels.subset(order)[1][0].values)[0], classes[order])

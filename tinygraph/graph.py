@@ -161,6 +161,11 @@ class Graph:
         if not isinstance(node, Node):
             raise NodeTypeError(f"{what}: expected a tinygraph Node or a node name, got {type(node).__name__}")
         if node.graph is not self:
+            if node.graph.name == self.name:  # (an unrolled net emits one graph per clamp and target structure)
+                raise NodeTypeError(
+                    f"{what}: node '{node.name}' belongs to another graph that is also named '{self.name}', "
+                    f"not to the graph these results come from; take the node from that graph (for an "
+                    f"unrolled net's run: out.layer(t), out.graph[name])")
             raise NodeTypeError(
                 f"{what}: node '{node.name}' belongs to graph '{node.graph.name}', not to graph '{self.name}'")
         return node
