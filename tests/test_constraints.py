@@ -612,3 +612,76 @@ def test_same_param_twice_in_one_constraint_is_not_silently_dropped():
     W = g.param("W", np.array([0.5, 0.5]))
     with pytest.raises(tg.GraphError, match="W"):
         g.constrain({W: [[1.0, 0.0]], "W": [[0.0, 1.0]]}, rhs=[0.5])
+
+
+# ----------------------------------------------------------------- ties made after a run
+
+def _two_copies(rng):
+    g = tg.Graph("late")
+    A = rng.standard_normal((3, 3))
+    x = g.input("x", (None, 3))
+    W1, W2 = g.param("W1", A.copy()), g.param("W2", A.copy())
+    loss = tg.sum(tg.tanh(x @ W1) @ W2)
+    return g, x, W1, W2, loss, {"x": rng.standard_normal((4, 3))}
+
+
+@pytest.mark.parametrize("when", ["after backward", "between forward and backward"])
+def test_a_tie_made_after_the_run_sums_the_members_own_gradients(when):
+    """The run did not know the tie: its members have their own gradients, and the tied
+    gradient is their sum (it was zero: the run had no buffer for a group it never saw)."""
+    g, x, W1, W2, loss, feeds = _two_copies(np.random.default_rng(0))
+    acts = g.forward(feeds)
+    if when == "between forward and backward":
+        g.tie(W1, W2)
+        grads = acts.backward(loss)
+    else:
+        grads = acts.backward(loss)
+        g.tie(W1, W2)
+    want = np.asarray(grads[W1]) + np.asarray(grads[W2])
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(grads.constrained()[W1], want, rtol=1e-12)
+    before = W1.value.copy()
+    tg.SGD(g.params, lr=0.1).step(grads)
+    np.testing.assert_allclose(before - W1.value, 0.1 * want, rtol=1e-12)
+    assert np.array_equal(W1.value, W2.value)
+
+
+def test_a_tie_merged_after_the_run_sums_every_members_gradient():
+    rng = np.random.default_rng(1)
+    g = tg.Graph("merge")
+    A = rng.standard_normal(2)
+    Ws = [g.param(f"W{k}", A.copy()) for k in range(3)]
+    loss = tg.sum(Ws[0] * g.const([1.0, 2.0])) + tg.sum(Ws[1] * g.const([3.0, 4.0])) + tg.sum(Ws[2] * g.const([-1.0, 6.0]))
+    g.tie(Ws[0], Ws[1])
+    grads = g.forward().backward(loss)
+    g.tie(Ws[1], Ws[2])  # merges into a new group the run never saw
+    np.testing.assert_allclose(grads.constrained()[Ws[0]], [3.0, 12.0], rtol=1e-12)
+
+
+def test_tied_params_must_share_a_dtype():
+    g = tg.Graph("dtypes")
+    W1 = g.param("W1", np.ones((2, 2)))
+    W2 = g.param("W2", np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(tg.GraphError, match="float32.*float64|one dtype"):
+        g.tie(W1, W2)
+    assert not g.constraints.ties
+
+
+# ----------------------------------------------------------------- ill-posed constraint systems
+
+def test_nearly_dependent_constraints_are_refused_as_such_not_as_inconsistent():
+    g = tg.Graph("near")
+    W = g.param("W", np.array([1.0, 2.0, 3.0]))
+    A = np.array([[1.0, 1.0, 1.0], [1.0, 1.0 + 1e-10, 1.0]])
+    with pytest.raises(tg.GraphError, match="nearly dependent"):
+        g.constrain({W: A}, rhs=A @ W.value)
+    assert not g.constraints.constraints
+
+
+def test_consistency_does_not_depend_on_how_a_row_is_scaled():
+    g = tg.Graph("scale")
+    W = g.param("W", np.zeros(1))
+    g.constrain({W: np.array([[1e-9]])}, rhs=[0.0])
+    with pytest.raises(tg.GraphError, match="inconsistent"):
+        g.constrain({W: np.array([[1e-9]])}, rhs=[1e-9])  # w = 0 and w = 1 together
+    assert len(g.constraints.constraints) == 1

@@ -292,3 +292,30 @@ def test_fragment_code_is_shared_by_graphs_of_one_shape():
         if seed == 0:
             size = len(fragments._CODE)
     assert len(fragments._CODE) == size
+
+
+@pytest.mark.parametrize("a_shape,b_shape,shared", [((2, 3), (5, 3, 4), True), ((2, 3), (1, 3, 4), True),
+                                                     ((2, 3), (5, 3, 4), False), ((5, 2, 3), (3, 4), True),
+                                                     ((5, 2, 3), (5, 3, 4), False)])
+def test_batched_matmul_of_operands_of_different_rank_is_numpys(a_shape, b_shape, shared):
+    """Identical matmul nodes whose operands differ in rank (numpy broadcasts the batch axes):
+    batched or not, each node's value is np.matmul of its operands, and so are the gradients."""
+    rng = np.random.default_rng(0)
+    g = tg.Graph("ranks")
+    T = 5
+    xs = [g.input(f"a{t}", a_shape) for t in range(T)]
+    bs = [g.input("b", b_shape)] * T if shared else [g.input(f"b{t}", b_shape) for t in range(T)]
+    outs = [tg.matmul(tg.tanh(x), b) for x, b in zip(xs, bs)]
+    loss = tg.add_n([tg.sum(o * o) for o in outs])
+    feeds = {f"a{t}": rng.standard_normal(a_shape) for t in range(T)}
+    feeds.update({"b": rng.standard_normal(b_shape)} if shared else
+                 {f"b{t}": rng.standard_normal(b_shape) for t in range(T)})
+    plain = g.forward(feeds, batch=False)
+    fast = g.forward(feeds)
+    for t, o in enumerate(outs):
+        want = np.matmul(np.tanh(feeds[f"a{t}"]), feeds["b" if shared else f"b{t}"])
+        assert fast[o].shape == o.shape == want.shape
+        np.testing.assert_allclose(fast[o], want, rtol=1e-12)
+    gp, gf = plain.backward(loss), fast.backward(loss)
+    for x in xs:
+        np.testing.assert_allclose(gf[x], gp[x], rtol=1e-10)

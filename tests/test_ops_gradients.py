@@ -663,3 +663,43 @@ def test_check_gradients_no_false_alarm_on_an_exactly_zero_gradient():
         assert abs(central_diff(shifted, [np.array(0.3)], 0)) < 1e-8  # FD agrees in absolute terms
         worst = max(worst, float(tg.check_gradients(g, loss, feeds)))
     assert worst < 1e-6
+
+
+# ----------------------------------------------------------------- cross-entropy edge cases
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_cross_entropy_with_a_masked_out_class_is_finite(batch):
+    """A logit of -inf (a class masked out) that is not the label: 0 * -inf must not make NaN."""
+    g = tg.Graph("mask")
+    logits = [g.input(f"l{k}", (None, 3)) for k in range(3)]
+    labels = [g.input(f"y{k}", (None,), dtype=np.int64) for k in range(3)]
+    onehots = [g.input(f"o{k}", (None, 3)) for k in range(3)]
+    loss = tg.add_n([tg.cross_entropy(l, y) for l, y in zip(logits, labels)]
+                    + [tg.cross_entropy(l, o) for l, o in zip(logits, onehots)])
+    L = np.array([[0.0, 1.0, -np.inf], [2.0, -np.inf, 0.5]])
+    Y = np.array([1, 0])
+    feeds = {**{f"l{k}": L for k in range(3)}, **{f"y{k}": Y for k in range(3)},
+             **{f"o{k}": np.eye(3)[Y] for k in range(3)}}
+    acts = g.forward(feeds, batch=batch)
+    finite = np.array([[0.0, 1.0], [2.0, 0.5]])
+    want = -np.sum(finite[[0, 1], [1, 0]] - np.log(np.exp(finite).sum(axis=1)))
+    assert float(acts[loss]) == pytest.approx(6 * want, rel=1e-12)
+    grads = acts.backward(loss)
+    assert np.all(np.isfinite(grads[logits[0]]))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.float64])
+def test_cross_entropy_reads_one_hot_rows_of_any_dtype(dtype):
+    """Labels of the logits' rank are one-hot rows (the shape rule's reading) whatever their dtype."""
+    rng = np.random.default_rng(0)
+    g = tg.Graph("onehot")
+    x = g.input("x", (None, 3))
+    y = g.input("y", (None, 3), dtype=dtype)
+    loss = tg.cross_entropy(x, y)
+    X = rng.standard_normal((3, 3))
+    labels = np.array([2, 0, 1])
+    acts = g.forward({"x": X, "y": np.eye(3, dtype=dtype)[labels]})
+    logp = X - np.log(np.exp(X).sum(axis=1, keepdims=True))
+    assert float(acts[loss]) == pytest.approx(-logp[np.arange(3), labels].sum(), rel=1e-12)
+    soft = np.exp(logp)
+    np.testing.assert_allclose(acts.backward(loss)[x], soft - np.eye(3)[labels], rtol=1e-12)

@@ -385,3 +385,30 @@ def test_adam_bad_betas_refused(betas):
     W = g.param("W", np.ones(2))
     with pytest.raises(tg.GraphError, match="betas"):
         tg.Adam([W], lr=0.1, betas=betas)
+
+
+def test_untied_params_sharing_one_array_are_refused():
+    """One update per variable would move a shared array twice (and Adam would count two
+    steps in one state): such params must be tied."""
+    g = tg.Graph("shared")
+    A = np.ones(3)
+    W1, W2 = g.param("W1", A), g.param("W2", A)
+    loss = tg.sum(W1 * W2)
+    grads = g.forward().backward(loss)
+    for opt in (tg.SGD(g.params, lr=0.1), tg.Adam(g.params, lr=0.1)):
+        with pytest.raises(tg.GraphError, match="share one array but are not tied"):
+            opt.step(grads)
+    assert np.array_equal(A, np.ones(3))
+    g.tie(W1, W2)
+    tg.SGD(g.params, lr=0.1).step(g.forward().backward(loss))
+    np.testing.assert_allclose(A, 1 - 0.1 * 2 * np.ones(3), rtol=1e-12)  # the two copies' gradients (1 each), summed
+
+
+def test_a_dict_step_checks_each_members_gradient_shape():
+    g = tg.Graph("dict")
+    W1, W2 = g.param("W1", np.eye(3)), g.param("W2", np.eye(3))
+    g.tie(W1, W2)
+    for bad in ({W1: np.ones((3, 3)), W2: np.ones(3)}, {W1: np.ones(3), W2: np.ones((3, 3))}):
+        with pytest.raises(tg.GraphError, match=r"gradient of 'W[12]' has shape \(3,\), but the param has \(3, 3\)"):
+            tg.SGD(g.params, lr=0.1).step(bad)
+    assert np.array_equal(W1.value, np.eye(3))

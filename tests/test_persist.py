@@ -579,3 +579,63 @@ def test_random_specs_build_and_run_or_fail_clearly(spec):
     targets = [rnn.Target(g.name, np.full((3, 2, g.size), 0.5)) for g in net.groups.values() if g.role != "input"]
     out = net.unroll(3).run(clamps, targets)
     assert out.loss is None or np.isfinite(out.loss)
+
+
+# ----------------------------------------------------------------- load_params keeps ties and constraints
+
+def _tied_graph():
+    g = tg.Graph("lp")
+    W1 = g.param("W1", np.eye(2))
+    W2 = g.param("W2", np.eye(2))
+    S = g.param("S", np.eye(2))
+    g.tie(W1, W2)
+    g.constrain_symmetric(S)
+    return g, W1, W2, S
+
+
+def test_load_params_refuses_values_that_would_untie_a_tie(tmp_path):
+    g, W1, W2, S = _tied_graph()
+    path = tmp_path / "p.npz"
+    np.savez(path, W1=np.ones((2, 2)), W2=np.zeros((2, 2)), S=np.eye(2))
+    with pytest.raises(tgio.PersistError, match="'W1' and 'W2' hold one value"):
+        tg.load_params(g, path)
+    assert np.array_equal(W1.value, np.eye(2)) and np.array_equal(W2.value, np.eye(2))
+
+
+def test_load_params_refuses_values_that_break_a_constraint_and_writes_nothing(tmp_path):
+    g, W1, W2, S = _tied_graph()
+    path = tmp_path / "p.npz"
+    np.savez(path, W1=np.full((2, 2), 3.0), W2=np.full((2, 2), 3.0), S=np.array([[0.0, 1.0], [2.0, 3.0]]))
+    with pytest.raises(tgio.PersistError, match="break the constraint over \\['S'\\]"):
+        tg.load_params(g, path)
+    assert np.array_equal(S.value, np.eye(2)) and np.array_equal(W1.value, np.eye(2))
+
+
+def test_load_params_refuses_different_values_for_params_sharing_one_array(tmp_path):
+    g = tg.Graph("one")
+    A = np.zeros(2)
+    g.param("a", A), g.param("b", A)
+    np.savez(tmp_path / "p.npz", a=np.ones(2), b=np.zeros(2))
+    with pytest.raises(tgio.PersistError, match="hold one value"):
+        tg.load_params(g, tmp_path / "p.npz")
+
+
+def test_load_params_refuses_values_too_large_for_a_float32_param(tmp_path):
+    g = tg.Graph("f32")
+    W = g.param("W", np.zeros(2, dtype=np.float32))
+    np.savez(tmp_path / "p.npz", W=np.array([1e300, 1.0]))
+    with pytest.raises(tgio.PersistError, match="do not fit the param's float32"):
+        tg.load_params(g, tmp_path / "p.npz")
+    assert np.array_equal(W.value, np.zeros(2))
+
+
+def test_load_params_reads_each_param_from_its_own_member(tmp_path):
+    """A param named 'a.npy' is stored as member 'a.npy.npy'; 'a' as 'a.npy'.  Each must load
+    its own values (the checked header and the data read must be the same member)."""
+    g = tg.Graph("names")
+    a, b = g.param("a", np.zeros(1)), g.param("a.npy", np.zeros(3))
+    src = tg.Graph("names")
+    src.param("a", np.array([7.0])), src.param("a.npy", np.array([1.0, 2.0, 3.0]))
+    tg.save_params(src, tmp_path / "p.npz")
+    tg.load_params(g, tmp_path / "p.npz")
+    assert np.array_equal(a.value, [7.0]) and np.array_equal(b.value, [1.0, 2.0, 3.0])

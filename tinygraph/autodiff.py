@@ -1031,7 +1031,11 @@ class Gradients:
         return np.zeros_like(node.value) if total is None else total
 
     def tied_sum(self, tie):
-        """The sum of a tie group's raw gradients, accumulated in one buffer during backward."""
+        """The sum of a tie group's raw gradients, accumulated in one buffer during backward;
+        None when the run did not know this group (tied, or merged with another, after it ran:
+        then its members' own gradients are what there is)."""
+        if id(tie) not in self.acts.plan.tie_shapes:  # (the plan holds the groups it knew: no id is reused)
+            return None
         s = self._tied_sums.get(id(tie))
         return np.zeros_like(tie.members[0].value) if s is None else s
 

@@ -22,6 +22,7 @@ from .graph import note_param_write
 from .node import Node
 
 _TOL = 1e-9
+_NEARLY_DEPENDENT = 1e-8  # constraints whose scaled rows are this close to dependent cannot be kept apart
 
 
 class Variable:
@@ -117,17 +118,27 @@ class _System:
             rhs.append(c.rhs)
         self.A = np.vstack(rows)
         self.d = np.concatenate(rhs)
-        U, s, Vt = np.linalg.svd(self.A, full_matrices=False)
+        # each row scaled to norm 1 (a constraint means the same at any scale), so that the
+        # rank and consistency decisions below do not depend on how the user scaled a row
+        norms = np.linalg.norm(self.A, axis=1)
+        norms[norms == 0] = 1.0
+        self.An, self.dn = self.A / norms[:, None], self.d / norms
+        U, s, Vt = np.linalg.svd(self.An, full_matrices=False)
         rank = int(np.sum(s > max(self.A.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)))
+        names = sorted({p.name for c in constraints for p in c.params})
+        if rank and s[rank - 1] < _NEARLY_DEPENDENT * s[0]:
+            raise ConstraintError(
+                f"the linear constraints over {names} are nearly dependent (condition number "
+                f"{s[0] / s[rank - 1]:.3g}): they cannot be held to {_TOL:g} apart; drop the redundant one, "
+                f"or state it exactly as a combination of the others")
         self.basis = Vt[:rank]  # orthonormal basis of the row space
-        self.pinv = (Vt[:rank].T / s[:rank]) @ U[:, :rank].T
-        x_ls = self.pinv @ self.d
-        scale = max(1.0, float(np.linalg.norm(self.d)))
-        if np.linalg.norm(self.A @ x_ls - self.d) > 1e-8 * scale:
-            names = sorted({p.name for c in constraints for p in c.params})
+        self.pinv = (Vt[:rank].T / s[:rank]) @ U[:, :rank].T  # of the scaled rows
+        x_ls = self.pinv @ self.dn
+        miss = float(np.linalg.norm(self.An @ x_ls - self.dn))
+        if miss > 1e-8 * max(float(np.linalg.norm(self.dn)), np.finfo(float).tiny):
             raise ConstraintError(
                 f"the linear constraints over {names} are inconsistent: no values satisfy all of them "
-                f"(least-squares residual {np.linalg.norm(self.A @ x_ls - self.d):.3g}); remove or fix one")
+                f"(least-squares residual {miss:.3g}, rows scaled to norm 1); remove or fix one")
 
     def names(self):
         return sorted({p.name for c in self.constraints for p in c.params})
@@ -152,7 +163,7 @@ class _System:
     def correct_values(self):
         """Move the values back onto the constraint set (removes rounding drift)."""
         x = self.flat({v: v.value for v in self.variables})
-        x = x - self.pinv @ (self.A @ x - self.d)
+        x = x - self.pinv @ (self.An @ x - self.dn)
         for v, new in zip(self.variables, self.split(x)):
             _assign(v, new)
 
@@ -256,6 +267,10 @@ class ConstraintSet:
                 raise ConstraintError(
                     f"tie: '{m.name}' has shape {m.value.shape} but '{first.name}' has {first.value.shape}; "
                     f"tied params must have equal shapes")
+            if m.value.dtype != first.value.dtype:  # (one update, rounded into two dtypes, would part them)
+                raise ConstraintError(
+                    f"tie: '{m.name}' is {m.value.dtype} but '{first.name}' is {first.value.dtype}; tied params "
+                    f"must have one dtype to stay equal bit for bit (make both arrays the same float type)")
         # a param already in a tie group: merge the groups when they agree on reduce
         merged = {}
         for m in members:
@@ -473,7 +488,8 @@ class ConstraintSet:
         first = variable.tie.members[0] if variable.tie is not None else None
         if first is not None and hasattr(grads, "tied_sum") and grads.acts.computed(first):
             total = grads.tied_sum(variable.tie)
-            return total / len(variable.members) if variable.reduce == "mean" else total
+            if total is not None:
+                return total / len(variable.members) if variable.reduce == "mean" else total
         return reduce_member_grads(variable, [grads[m] for m in variable.members])
 
     def project(self, per_var):

@@ -13,6 +13,7 @@ import zipfile
 import numpy as np
 
 from .errors import GraphError
+from .constraints import _TOL as CONSTRAINT_TOL
 from .graph import note_param_write
 
 __all__ = ["save_params", "load_params", "atomic_write", "write_npz", "PersistError"]
@@ -152,7 +153,8 @@ def read_member(npz, key, shape=None, max_entries=None):
         raise ValueError(f"array '{key}' has shape {tuple(got_shape)}, expected {tuple(shape)}")
     if max_entries is not None and int(np.prod(got_shape, dtype=object)) > max_entries:
         raise ValueError(f"array '{key}' declares shape {tuple(got_shape)}, more than {max_entries} entries")
-    arr = npz[key]
+    with npz.zip.open(key + ".npy") as f:  # (the member whose header was checked: npz[key] may pick
+        arr = np.lib.format.read_array(f, allow_pickle=False)  # another one, 'a.npy' for a param 'a')
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
@@ -218,12 +220,47 @@ def load_params(graph, path, strict=True):
                 if not np.all(np.isfinite(arr)):
                     raise _reject(path, f"param '{name}': the file holds NaN or infinity",
                                   "the saved training run had diverged")
-                values[name] = arr
+                with np.errstate(over="ignore"):
+                    cast = arr.astype(p.value.dtype)
+                if not np.all(np.isfinite(cast)):
+                    raise _reject(path, f"param '{name}': the file's values do not fit the param's {p.value.dtype} "
+                                        f"(largest magnitude {np.max(np.abs(arr)):.3g})")
+                values[name] = cast
     except PersistError:
         raise
     except Exception as exc:  # a member damaged inside an intact zip directory, ...
         raise _reject(path, f"cannot read the archive ({type(exc).__name__}: {exc})") from exc
+    _refuse_broken_ties(graph, path, params, values)
+    saved = {name: params[name].value.copy() for name in values}
     note_param_write()
     for name, arr in values.items():
         params[name].value[...] = arr
+    broken = {names: res for names, res in graph.constraints.residuals().items() if res > CONSTRAINT_TOL}
+    if broken:  # put the values back: a graph's constraints hold after any call that returns
+        for name, arr in saved.items():
+            params[name].value[...] = arr
+        (names, res), = list(broken.items())[:1]
+        raise _reject(path, f"the values would break the constraint over {list(names)} of graph '{graph.name}' "
+                            f"(relative residual {res:.3g} > {CONSTRAINT_TOL:g})",
+                      "save and load the params of a graph with the same constraints, or load into a graph "
+                      "without them and add the constraints with project_init=True")
     return sorted(values)
+
+
+def _refuse_broken_ties(graph, path, params, values):
+    """Params that hold one value must get one: the members of a tie group, and params that
+    share one array (the last write would win).  The file's values for them must agree with
+    each other and with the members the file does not hold."""
+    groups = [[m for m in tie.members if m.name in params] for tie in graph.constraints.ties]
+    by_array = {}
+    for p in params.values():
+        by_array.setdefault(id(p.value), []).append(p)
+    groups += [ps for ps in by_array.values() if len(ps) > 1]
+    for members in groups:
+        got = [(m.name, values[m.name] if m.name in values else m.value) for m in members]
+        first_name, first = got[0]
+        for name, arr in got[1:]:
+            if not np.array_equal(arr, first):
+                raise _reject(path, f"params '{first_name}' and '{name}' hold one value in graph '{graph.name}' "
+                                    f"(tied, or one array) but the values to load differ",
+                              "save the params of a graph with the same ties (tied copies hold one value)")

@@ -590,18 +590,34 @@ def squared_error(pred, target, *, name=None):
     return apply("squared_error", (pred, target), name=name)
 
 
-def _onehot(labels, logits):
-    if labels.ndim == logits.ndim and np.issubdtype(labels.dtype, np.floating):
-        return labels  # one-hot rows or probabilities (broadcasting like the shape rule allows)
+def _class_indices(labels, logits):
     lab = labels.astype(np.int64)
     n = logits.shape[-1]
     if lab.size and (lab.min() < 0 or lab.max() >= n):
         raise ShapeError(f"cross_entropy: labels must lie in 0..{n - 1}, got values from {lab.min()} to {lab.max()}")
-    return np.eye(n, dtype=logits.dtype)[lab]
+    return lab
+
+
+def _onehot(labels, logits):
+    if labels.ndim == logits.ndim:  # one-hot rows or probabilities, of any dtype (broadcasting as the shape rule allows)
+        return labels.astype(logits.dtype, copy=False)
+    return np.eye(logits.shape[-1], dtype=logits.dtype)[_class_indices(labels, logits)]
+
+
+def _ce_terms(logits, labels):
+    """label * log_softmax(logits) per entry (class indices: the labelled entry of each row),
+    0 where a label is 0 even when its logit is -inf (a class masked out: 0 * -inf is no NaN)."""
+    logp = _log_softmax(logits, axis=-1)
+    if labels.ndim == logits.ndim:
+        p = labels.astype(logp.dtype, copy=False)
+        out = np.zeros(np.broadcast_shapes(p.shape, logp.shape), logp.dtype)
+        return np.multiply(p, logp, out=out, where=p != 0)
+    lab = np.broadcast_to(_class_indices(labels, logits), logits.shape[:-1])
+    return np.take_along_axis(logp, lab[..., None], axis=-1)
 
 
 def _ce_forward(logits, labels):
-    return -np.sum(_onehot(labels, logits) * _log_softmax(logits, axis=-1))
+    return -np.sum(_ce_terms(logits, labels))
 
 
 def _ce_shape(ls, lab):
@@ -722,7 +738,7 @@ def _wse_batched(p, t, w):
 
 
 def _ce_batched(logits, labels):
-    return -np.sum(_onehot(labels, logits) * _log_softmax(logits, axis=-1), axis=_rest(logits))
+    return -np.sum(_ce_terms(logits, labels), axis=_rest(logits))
 
 
 for _name in ("add", "sub", "mul", "div", "neg", "pow", "add_n", "identity", "exp", "log", "tanh", "logistic",

@@ -66,6 +66,21 @@ class Optimizer:
         self.steps = 0
         self.last_grad_norm = None
 
+    def _checked_variables(self, cs):
+        """The variables of this optimizer's params (a tie group counts once), refusing two
+        untied params that share one array (one update per variable would move it twice)."""
+        name = type(self).__name__
+        variables = cs.variables(self.params)
+        owner = {}
+        for v in variables:
+            for arr in v.storages:
+                other = owner.setdefault(id(arr), v)
+                if other is not v:
+                    raise GraphError(f"{name}: params '{other.members[0].name}' and '{v.members[0].name}' share one "
+                                     f"array but are not tied, so a step would move it twice; tie them "
+                                     f"(graph.tie) or give each its own array")
+        return variables
+
     def _grads(self, grads, variables):
         cs = self.graph.constraints
         if isinstance(grads, Gradients):
@@ -86,6 +101,9 @@ class Optimizer:
                     lookup[id(k)] = np.asarray(g, dtype=np.float64)
                 except (TypeError, ValueError):
                     raise GraphError(f"{type(self).__name__}.step: the gradient of '{k.name}' is not numeric") from None
+                if lookup[id(k)].shape != k.value.shape:
+                    raise GraphError(f"{type(self).__name__}.step: the gradient of '{k.name}' has shape "
+                                     f"{lookup[id(k)].shape}, but the param has {k.value.shape}")
             out = {}
             for v in variables:
                 gs = [lookup[id(m)] for m in v.members if id(m) in lookup]
@@ -101,7 +119,7 @@ class Optimizer:
         cs = self.graph.constraints
         version, variables = self._variables
         if version != cs.version:
-            variables = cs.variables(self.params)
+            variables = self._checked_variables(cs)
             self._variables = (cs.version, variables)
         per_var = self._grads(grads, variables)
         for v, g in per_var.items():

@@ -212,8 +212,9 @@ def find_batches(graph, order):
                 b.inputs.append(("stack", js))
         if all(kind in ("shared", "tied") for kind, _ in b.inputs):
             ok = False  # nothing varies across members: no member axis to batch over
-        if b.kind == "matmul" and any(r < 2 for r in in_ranks):
-            ok = False
+        if b.kind == "matmul" and (any(r < 2 for r in in_ranks) or any(
+                kind in ("stack", "batch") and r < max(in_ranks) for (kind, _), r in zip(b.inputs, in_ranks))):
+            ok = False  # (a stacked operand of lower rank: its member axis would meet the other's batch axis)
         if b.kind == "dedicated" and not op.batch[1] and any(k in ("shared", "tied") for k, _ in b.inputs):
             ok = False  # operands that do not broadcast elementwise must all carry the member axis
         if ok:
