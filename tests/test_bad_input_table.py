@@ -208,6 +208,17 @@ case("index-out-of-range", lambda _: (lambda m: m.W[5])(mlp()), "getitem", "5", 
 case("index-column-out-of-range", lambda _: (lambda m: m.x[:, 7])(mlp()), "7", "'x'", "(None, 3)",
      exc=tg.ShapeError)
 case("index-too-many-axes", lambda _: (lambda m: m.b[0, 0])(mlp()), "'b'", "(4,)", exc=tg.ShapeError)
+case("index-float-slice", lambda _: mlp().W[0.5:2], "slice bounds must be ints", "0.5", exc=tg.NodeTypeError)
+case("softmax-float-axis", lambda _: tg.softmax(mlp().h, axis=1.5), "softmax of 'h'", "axis must be an int", "1.5",
+     exc=tg.NodeTypeError)
+case("concat-string-axis", lambda _: (lambda m: tg.concat([m.W, m.W], axis="a"))(mlp()), "concat", "'a'",
+     exc=tg.NodeTypeError)
+case("pow-string-exponent", lambda _: mlp().W ** "a", "exponent", "'a'", exc=tg.NodeTypeError)
+case("rpow-negative-base", lambda _: (-2) ** mlp().W, "-2", "'W'", "positive", exc=tg.NodeTypeError)
+case("param-complex", lambda _: tg.Graph("c").param("c", np.array([1 + 2j])), "param 'c'", "complex",
+     exc=tg.NodeTypeError)
+case("reshape-never-fits-a-batch", lambda _: tg.reshape(mlp().x, (4, 5)), "(None, 3)", "(4, 5)", "20",
+     exc=tg.ShapeError)
 case("index-string", lambda _: (lambda m: m.W["a"])(mlp()), "'a'", "'W'", exc=tg.ShapeError)
 case("index-by-node", lambda _: (lambda m: m.W[m.b])(mlp()), "node", exc=tg.NodeTypeError)
 case("index-bool-mask", lambda _: (lambda m: m.b[np.array([True, False, True, False])])(mlp()), "boolean",

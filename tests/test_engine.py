@@ -779,3 +779,24 @@ def test_a_batch_contribution_in_float32_does_not_swallow_a_later_float64_one():
     got, want = acts.backward(loss)[W], g.forward(feeds, batch=False).backward(loss)[W]
     assert got.dtype == want.dtype == np.float64
     np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_to_networkx_keeps_every_position_of_a_repeated_input():
+    g = tg.Graph("rep")
+    a = g.input("a", (2,))
+    x = g.input("x", (2,))
+    sq = tg.mul(a, a, name="sq")
+    cat = tg.concat([a, x, a], name="cat")
+    G = g.to_networkx()
+    assert G.edges["a", "sq"]["positions"] == [0, 1] and G.edges["a", "sq"]["position"] == 0
+    assert G.edges["a", "cat"]["positions"] == [0, 2] and G.edges["x", "cat"]["positions"] == [1]
+    assert sum(len(d["positions"]) for *_, d in G.edges(data=True)) == sum(len(n.inputs) for n in g.nodes)
+
+
+def test_check_gradients_perturbs_an_int_array_fed_to_a_float_input():
+    g = tg.Graph("intfeed")
+    x = g.input("x", (None, 2))
+    W = g.param("W", np.array([[0.3, -0.2], [0.1, 0.4]]))
+    loss = tg.sum(tg.tanh(x @ W) ** 3)
+    check = tg.check_gradients(g, loss, {"x": np.ones((3, 2), dtype=int)}, inputs=True)
+    assert check < 1e-6, check

@@ -703,3 +703,35 @@ def test_cross_entropy_reads_one_hot_rows_of_any_dtype(dtype):
     assert float(acts[loss]) == pytest.approx(-logp[np.arange(3), labels].sum(), rel=1e-12)
     soft = np.exp(logp)
     np.testing.assert_allclose(acts.backward(loss)[x], soft - np.eye(3)[labels], rtol=1e-12)
+
+
+# ----------------------------------------------------------------- what numpy accepts, the graph accepts
+
+def test_build_time_shapes_follow_numpy_for_indexing_and_transposing():
+    """Negative transpose axes, an empty index list and an int index past 10,007 on a None
+    axis are valid numpy: each builds, runs to numpy's value and has the right gradient."""
+    rng = np.random.default_rng(0)
+    g = tg.Graph("numpy")
+    v = g.input("v", (None,))
+    x = g.input("x", (None, 3))
+    picked, empty, turned = v[10008], v[[]], tg.transpose(x, (-1, -2))
+    assert picked.shape == () and empty.shape == (0,) and turned.shape == (3, None)
+    loss = picked * 3.0 + tg.sum(turned * turned) + tg.sum(empty)
+    V, X = rng.standard_normal(10010), rng.standard_normal((4, 3))
+    acts = g.forward({"v": V, "x": X})
+    assert float(acts[picked]) == V[10008] and acts[empty].shape == (0,)
+    np.testing.assert_array_equal(acts[turned], X.T)
+    grads = acts.backward(loss)
+    want = np.zeros_like(V)
+    want[10008] = 3.0
+    np.testing.assert_array_equal(grads[v], want)
+    np.testing.assert_allclose(grads[x], 2 * X, rtol=1e-12)
+
+
+def test_a_number_to_the_power_of_a_node():
+    g = tg.Graph("rpow")
+    W = g.param("W", np.array([0.5, -1.0, 2.0]))
+    loss = tg.sum(2 ** W)
+    acts = g.forward()
+    np.testing.assert_allclose(acts[loss], np.sum(2.0 ** W.value), rtol=1e-12)
+    np.testing.assert_allclose(acts.backward(loss)[W], np.log(2.0) * 2.0 ** W.value, rtol=1e-12)

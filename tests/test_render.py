@@ -385,3 +385,12 @@ def test_write_rejects_unknown_or_missing_extensions(tmp_path):
         write(tg.render(g), tmp_path / "mlp.docx")
     with pytest.raises(RenderError, match="extension"):
         write(tg.render(g), tmp_path / "mlp")
+
+
+def test_a_node_named_with_brackets_renders(tmp_path):
+    from tinygraph.render import write
+    g = tg.Graph("g")
+    p = g.param("]", np.ones(2))
+    tg.sum(p * p, name="]]")
+    out = write(tg.render(g), str(tmp_path / "b.svg"))
+    assert os.path.getsize(out) > 0

@@ -90,8 +90,13 @@ def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, m
             wrt += [n for n in graph.inputs if np.issubdtype(n.dtype, np.floating) and n in acts]
     rng = np.random.default_rng(seed)
     # resolve feeds by name so inputs can be perturbed
-    by_name = {(k if isinstance(k, str) else k.name): np.array(v, dtype=np.float64, copy=True)
-               if np.issubdtype(np.asarray(v).dtype, np.floating) else v for k, v in feeds.items()}
+    by_name = {}
+    for k, v in feeds.items():  # (a float input fed ints gets float64 too: eps would truncate away)
+        name = k if isinstance(k, str) else k.name
+        declared = graph[name].dtype if name in graph else None
+        floating = np.issubdtype(np.asarray(v).dtype, np.floating) or (
+            declared is not None and np.issubdtype(declared, np.floating))
+        by_name[name] = np.array(v, dtype=np.float64, copy=True) if floating else v
 
     def loss_value():
         return float(np.sum(graph.forward(by_name, outputs=[loss])[loss]))

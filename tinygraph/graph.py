@@ -31,6 +31,8 @@ def _as_float_array(value, what):
         raise NodeTypeError(f"{what}: cannot be read as a numeric array ({exc})") from None
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise NodeTypeError(f"{what}: expected numbers, got an array of dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise NodeTypeError(f"{what}: complex values are not supported (dtype {arr.dtype}); pass real numbers")
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     return arr
@@ -219,15 +221,20 @@ class Graph:
 
     # ------------------------------------------------------------ export
     def to_networkx(self):
-        """A networkx.DiGraph with one node per graph node (keyed by name) and one edge per input.
+        """A networkx.DiGraph with one node per graph node (keyed by name) and one edge from
+        each input to each node that reads it.
 
-        Node attributes: ``op``, ``shape``, ``name``; edge attribute ``position``
-        (the input's position among the consumer's inputs).
+        Node attributes: ``op``, ``shape``, ``name``; edge attributes ``positions`` (every
+        position of that input among the consumer's inputs: ``a * a`` reads ``a`` at 0 and 1)
+        and ``position`` (the first of them).
         """
         G = nx.DiGraph(name=self.name)
         for n in self.nodes:
             G.add_node(n.name, op=n.op, shape=n.shape, name=n.name)
         for n in self.nodes:
             for pos, i in enumerate(n.inputs):
-                G.add_edge(i.name, n.name, position=pos)
+                if G.has_edge(i.name, n.name):
+                    G.edges[i.name, n.name]["positions"].append(pos)
+                else:
+                    G.add_edge(i.name, n.name, position=pos, positions=[pos])
         return G

@@ -71,6 +71,14 @@ class Node:
     def __pow__(self, exponent):
         return ops.pow(self, exponent)
 
+    def __rpow__(self, base):
+        """``base ** node`` for a positive number base: exp(node * log(base))."""
+        if (isinstance(base, (bool, np.bool_)) or not isinstance(base, (int, float, np.number))
+                or np.iscomplexobj(base) or not base > 0):
+            raise NodeTypeError(f"{base!r} ** node '{self.name}': the base must be a positive number "
+                                f"(write tg.exp(e * tg.log(x)) for a node base)")
+        return ops.exp(self * float(np.log(base)))
+
     def __matmul__(self, other):
         return ops.matmul(self, other)
 

@@ -263,9 +263,10 @@ def neg(a, *, name=None):
 
 def pow(x, exponent, *, name=None):  # noqa: A001 - mirrors the operator's name
     """x ** exponent for a scalar (Python number) exponent."""
-    if isinstance(exponent, Node) or np.ndim(exponent) != 0:
+    if (isinstance(exponent, (Node, bool, np.bool_)) or not isinstance(exponent, (int, float, np.number))
+            or np.ndim(exponent) != 0 or np.iscomplexobj(exponent)):
         raise NodeTypeError(
-            f"pow: the exponent must be a Python number, got {type(exponent).__name__}; "
+            f"pow: the exponent must be a real Python number, got {type(exponent).__name__} {exponent!r}; "
             f"for a node exponent write tg.exp(e * tg.log(x))")
     return apply("pow", (x,), {"exponent": float(exponent)}, name=name)
 
@@ -412,12 +413,19 @@ defop("log_softmax", _log_softmax,
       (lambda g, out, x, *, axis: g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),), _axis_shape)
 
 
+def _one_axis(axis, opname, x):
+    if isinstance(axis, (int, np.integer)) and not isinstance(axis, (bool, np.bool_)):
+        return int(axis)
+    what = f" of '{x.name}'" if isinstance(x, Node) else ""
+    raise NodeTypeError(f"{opname}{what}: axis must be an int, got {axis!r}")
+
+
 def softmax(x, axis=-1, *, name=None):
-    return apply("softmax", (x,), {"axis": axis}, name=name)
+    return apply("softmax", (x,), {"axis": _one_axis(axis, "softmax", x)}, name=name)
 
 
 def log_softmax(x, axis=-1, *, name=None):
-    return apply("log_softmax", (x,), {"axis": axis}, name=name)
+    return apply("log_softmax", (x,), {"axis": _one_axis(axis, "log_softmax", x)}, name=name)
 
 
 # ----------------------------------------------------------------- reductions and shape ops
@@ -494,7 +502,16 @@ defop("transpose", lambda x, *, axes: np.transpose(x, axes), (_transpose_vjp,),
 
 def transpose(x, axes=None, *, name=None):
     """Permute axes (reverse them when ``axes`` is None)."""
-    return apply("transpose", (x,), {"axes": None if axes is None else tuple(int(a) for a in axes)}, name=name)
+    if axes is not None:
+        try:
+            axes = tuple(axes)
+        except TypeError:
+            axes = (axes,)
+        if not all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) for a in axes):
+            raise NodeTypeError(f"transpose: axes must be a tuple of ints, got {axes!r}")
+        nd = len(x.shape) if isinstance(x, Node) else np.ndim(x)
+        axes = tuple(int(a) + nd if int(a) < 0 else int(a) for a in axes)  # (numpy's negative axes; the VJP inverts them)
+    return apply("transpose", (x,), {"axes": axes}, name=name)
 
 
 def _concat_vjp(i, g, out, *xs, axis):
@@ -513,7 +530,7 @@ def concat(nodes, axis=0, *, name=None):
     nodes = list(nodes)
     if not nodes:
         raise NodeTypeError("concat needs at least one node")
-    return apply("concat", tuple(nodes), {"axis": int(axis)}, name=name)
+    return apply("concat", tuple(nodes), {"axis": _one_axis(axis, "concat", None)}, name=name)
 
 
 def _has_array_index(idx):
@@ -540,15 +557,20 @@ def _normalize_index(idx):
         if isinstance(i, Node):
             raise NodeTypeError("indexing with a node is not supported: index with ints, slices or integer arrays")
         if isinstance(i, (list, np.ndarray)):
-            arr = np.asarray(i)
+            arr = np.asarray(i) if len(i) else np.zeros(0, dtype=np.intp)  # ([]: numpy's empty selection)
             if arr.dtype == bool:
                 raise NodeTypeError("boolean-mask indexing is not supported (its shape is not static): "
                                     "use np.flatnonzero(mask) as an integer index")
             if not np.issubdtype(arr.dtype, np.integer):
                 raise NodeTypeError(f"index arrays must hold integers, got dtype {arr.dtype}")
             out.append(arr)
-        else:
+        elif isinstance(i, slice):
+            if not all(v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
+                       for v in (i.start, i.stop, i.step)):
+                raise NodeTypeError(f"slice bounds must be ints or None, got {i!r}")
             out.append(i)
+        else:
+            out.append(i)  # (anything else is judged by the shape rule, which names the node)
     return tuple(out)
 
 

@@ -186,7 +186,7 @@ def _esc_string(text):
 
 
 def _h(text):
-    return html.escape(str(text), quote=True)
+    return html.escape(str(text), quote=True).replace("]", "&#93;")  # (dot's HTML lexer trips on a bare ']')
 
 
 def _lines(text, colour=None, size=None, face=None, prefix=""):

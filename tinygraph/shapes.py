@@ -90,6 +90,10 @@ def reshape(shape, new):
     if any(d < -1 for d in new):
         raise ShapeMismatch(f"reshape to {new}: sizes must be >= 0 or -1")
     if None in shape:
+        known_in = int(np.prod([d for d in shape if d is not None], dtype=np.int64))
+        if -1 not in new and known_in and int(np.prod(new, dtype=np.int64)) % known_in:
+            raise ShapeMismatch(f"cannot reshape {fmt(shape)} (a multiple of {known_in} entries) to {new} "
+                                f"({int(np.prod(new, dtype=np.int64))} entries)")
         return tuple(None if d == -1 else d for d in new)
     total = int(np.prod(shape, dtype=np.int64))
     known = int(np.prod([d for d in new if d != -1], dtype=np.int64))
@@ -105,6 +109,7 @@ def reshape(shape, new):
 def transpose(shape, axes):
     if axes is None:
         return tuple(reversed(shape))
+    axes = [a + len(shape) if a < 0 else a for a in axes]
     if sorted(axes) != list(range(len(shape))):
         raise ShapeMismatch(f"transpose axes {tuple(axes)} are not a permutation of {len(shape)} axes")
     return tuple(shape[a] for a in axes)
@@ -132,6 +137,22 @@ def concat(shapes, axis):
 _SENTINELS = (10007, 10009, 2, 1, 0)
 
 
+def _largest_int(idx):
+    """The largest magnitude of an int in an index (ints, slice bounds, integer arrays)."""
+    top = 0
+    for i in idx if isinstance(idx, tuple) else (idx,):
+        if isinstance(i, slice):
+            vals = [v for v in (i.start, i.stop) if v is not None]
+        elif isinstance(i, np.ndarray):
+            vals = [int(np.abs(i).max())] if i.size else []
+        elif isinstance(i, (int, np.integer)):
+            vals = [i]
+        else:
+            vals = []
+        top = max([top] + [abs(int(v)) for v in vals])
+    return top
+
+
 def index(shape, idx):
     """Shape of ``x[idx]``: run the index on zero-stride views of sentinel sizes.
 
@@ -140,7 +161,8 @@ def index(shape, idx):
     None axis, which is min(5, size)).  No data is allocated for x.
     """
     results = []
-    for k, s in enumerate(_SENTINELS):
+    big = max(_SENTINELS[0], _largest_int(idx) + 2)  # an int index past the first sentinel on a None axis
+    for k, s in enumerate((big, big + 2) + _SENTINELS[2:]):
         concrete = tuple(s if d is None else d for d in shape)
         view = np.broadcast_to(np.empty((), dtype=bool), concrete)
         try:
