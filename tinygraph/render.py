@@ -186,7 +186,8 @@ def _esc_string(text):
 
 
 def _h(text):
-    return html.escape(str(text), quote=True).replace("]", "&#93;")  # (dot's HTML lexer trips on a bare ']')
+    t = html.escape(str(text), quote=True)
+    return t.replace("]", "&#93;") if t.strip() and set(t.strip()) == {"]"} else t  # (dot fails on a text of only ']')
 
 
 def _lines(text, colour=None, size=None, face=None, prefix=""):
