@@ -1,14 +1,14 @@
-"""Batch outputs let go after forward (Plan.droppable), and the copies a run keeps of what
-it makes values again from (autodiff._keep).
+"""Batch outputs let go after forward (Plan.droppable), and the run's own copies of the
+params (autodiff._copy_params) that what it makes again is made from.
 
 An unrolled net's input projections P_t = x_t @ U are one batched matmul whose members only
 the per-step add_n nodes read, and forward has added them in: a fast run then lets that
 (T, B, H) array go, backward reads a stand-in of its shape (matmul's VJPs never read the
 output), and ``Activations.value`` makes the whole batch again, by the same call on the
-run's copies of its operands, when anyone asks for a member.  The weights a lean chain's
-sums and products are made again from, and those a fed input's deferred gradient reads,
-are copied too when that is cheap; where they are not, a value or gradient asked for after
-a parameter was written in place is refused instead of answered from the new weights.
+run's operands (its copies of the params and of the caller's fed arrays), when anyone asks
+for a member.  A run copies its params unless they are larger than 1 MiB and than its feeds;
+where it did not, a value or gradient asked for after a parameter was written in place is
+refused instead of answered from the new weights.
 
 The reference for "bitwise equal" is the same run with nothing dropped and no lean chain
 (``drop_disabled`` and ``lean_disabled``): nothing in it is made again."""
@@ -24,15 +24,15 @@ from hypothesis import strategies as st
 
 import tinygraph as tg
 import tinygraph.autodiff as AD
-from tinygraph.plan import DROPPED, KEPT
+from tinygraph.plan import DROPPED
 
 from test_lean_chains import _assert_ran_lean, _assert_same_runs, _eq, _run, lean_disabled
 from test_lean_chains import _net as _lean_net
 
 
 def _net(T, B, I=2, H=8, **kw):
-    """The lean-chain tests' net, wider: P (T, B, H) is dropped only when the copies of U (I, H)
-    and of the fed x (T, B, I) take at most half of it."""
+    """The lean-chain tests' net, wider: P (T, B, H) is dropped only when the copy of the fed x
+    (T, B, I) takes at most half of it."""
     return _lean_net(T, B, I=I, H=H, **kw)
 
 
@@ -134,7 +134,8 @@ def test_the_dropped_array_is_freed():
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "chain-not-lean"])
 def test_values_and_input_gradients_after_an_optimizer_step_are_the_runs(lean, drop, monkeypatch):
     # remade projections, sums and products and the deferred input gradients read the run's
-    # copies of U, W and the bias, not the arrays the step changed in place
+    # copies of U, W and the bias, not the arrays the step changed in place; so do the params'
+    # own values
     if not drop:
         monkeypatch.setattr(AD, "DROP_MIN_BYTES", 1 << 40)
     T, B = 8, 2
@@ -150,8 +151,7 @@ def test_values_and_input_gradients_after_an_optimizer_step_are_the_runs(lean, d
     tg.SGD(out.graph.params, lr=0.3).step(out.grads)
     assert not np.array_equal(before["x->h"], net.weights["x->h"])  # the step moved U in place
     for n, v in out.acts.items():
-        if n.op not in ("param", "const"):  # (a param's value is its live array)
-            _eq(v, ref_values[n.index], n.name)
+        _eq(v, ref_values[n.index], n.name)
     for t in range(1, T + 1):
         _eq(out.grads[out.graph[f"x@t{t}"]], ref_dx[t - 1], f"d/d x@t{t}")
 
@@ -170,33 +170,60 @@ def test_values_after_the_caller_refills_the_fed_array_are_the_runs():
         _eq(out.acts[g[f"net[h]@t{t}"]], ref.acts[g[f"net[h]@t{t}"]], f"net[h]@t{t}")
 
 
-def test_what_cannot_be_copied_cheaply_is_refused_after_a_step_not_answered_wrongly():
-    # U is (I, H) = (40, 8) against a deferred input gradient of (T, B, I) = (3, 1, 40): too
-    # big to copy, so after the step the input gradient is refused, naming the node
+@pytest.fixture
+def params_not_copied(monkeypatch):
+    """Runs copy no params unless they are at most as large as the feeds (by default: up to 1 MiB
+    whatever the feeds): these nets' weights are larger than their feeds."""
+    monkeypatch.setattr(AD, "PARAMS_COPIED_UP_TO", 0)
+
+
+def test_what_the_run_did_not_copy_is_refused_after_a_step_not_answered_wrongly(params_not_copied):
+    # U is (I, H) = (40, 8), more than the feeds (T, B, I) = (3, 1, 40): not copied, so after the
+    # step the input gradient not yet made is refused, naming the node, and so are the params'
+    # values and a backward pass
     T, B = 3, 1
     net, X, Y = _net(T, B, I=40)
     ff = net.unroll(T)
     ref = _reference(ff, X, Y)
     asked, late = _run(ff, X, Y), _run(ff, X, Y)
-    assert not asked.acts._bstore.get(KEPT) and not late.acts._bstore.get(KEPT)
+    assert not asked.acts._params_copied and not late.acts._params_copied
     dx1 = np.array(asked.grads[asked.graph["x@t1"]])  # asked before the step: computed then, all rows
     _eq(dx1, ref.grads[ref.graph["x@t1"]], "d/d x@t1")
     tg.SGD(ff.graph.params, lr=0.3).step(late.grads)
     _eq(asked.grads[asked.graph["x@t2"]], ref.grads[ref.graph["x@t2"]], "d/d x@t2, computed before the step")
-    with pytest.raises(tg.GraphError, match=r"gradient of 'x@t2' \(input\) was not kept .*written since"):
+    with pytest.raises(tg.GraphError, match=r"gradient of 'x@t2' \(input\) comes from its run's parameters.*written since"):
         late.grads[late.graph["x@t2"]]
+    with pytest.raises(tg.GraphError, match=r"value of 'W\[h->h\]@t2' \(param\)"):
+        late.acts[late.graph["W[h->h]@t2"]]
+    with pytest.raises(tg.GraphError, match=r"gradient of 'loss'"):
+        late.acts.backward(late.graph["loss"])
 
 
-def test_a_write_of_ones_own_is_refused_once_noted():
+def test_a_write_of_ones_own_is_refused_once_noted(params_not_copied):
     # a weight changed in place by the caller, not by tinygraph: tg.note_param_write() says so
     T, B = 3, 1
-    net, X, Y = _net(T, B, I=40)  # (U too big to copy against the input gradient it serves)
+    net, X, Y = _net(T, B, I=40)
     ff = net.unroll(T)
     out = _run(ff, X, Y)
     net.weights["x->h"] *= 2.0
     tg.note_param_write()
-    with pytest.raises(tg.GraphError, match=r"gradient of 'x@t1' \(input\) was not kept"):
+    with pytest.raises(tg.GraphError, match=r"gradient of 'x@t1' \(input\) comes from its run's parameters"):
         out.grads[out.graph["x@t1"]]
+
+
+def test_a_run_that_copied_its_params_answers_after_any_write():
+    T, B = 3, 1
+    net, X, Y = _net(T, B, I=40)
+    ff = net.unroll(T)
+    ref = _reference(ff, X, Y)
+    out = _run(ff, X, Y, backward=False)
+    assert out.acts._params_copied
+    net.weights["x->h"] *= 2.0
+    tg.note_param_write()
+    grads = out.acts.backward(out.graph["loss"])
+    for t in range(1, T + 1):
+        _eq(grads[out.graph[f"x@t{t}"]], ref.grads[ref.graph[f"x@t{t}"]], f"d/d x@t{t}")
+        _eq(grads[out.graph[f"W[x->h]@t{t}"]], ref.grads[ref.graph[f"W[x->h]@t{t}"]], f"d/d W[x->h]@t{t}")
 
 
 def test_an_input_every_member_reads_is_copied_too():
@@ -226,32 +253,28 @@ def test_an_input_every_member_reads_is_copied_too():
         np.testing.assert_allclose(acts[g[f"P{t}"]], want[t - 1], rtol=1e-12)
 
 
-def test_the_kept_copies_are_one_per_weight_with_its_layout():
+def test_the_runs_param_copies_are_one_per_array_with_its_layout():
     net, X, Y = _net(10, 2)
     _fortran(net)
     ff = net.unroll(10)
     out = _run(ff, X, Y)
-    kept = out.acts._bstore[KEPT]
-    tied = out.acts.plan.tied
-    names = {t.members[0].name.split("@")[0] for t in kept}  # keyed by tie group: one copy each
-    assert names == {"W[x->h]", "W[h->h]", "b[h]"}  # what remakes read: U, W and the bias
-    for t, c in kept.items():
-        live = t.members[0].value
-        _eq(c, live, "kept " + t.members[0].name)
+    values = out.acts._values
+    for name, live in net.weights.items():
+        copies = {id(values[c.index]): values[c.index] for c in ff.copies(name)}
+        assert len(copies) == 1, name  # the tied copies share the run's one copy, as they share the array
+        (c,) = copies.values()
+        _eq(c, live, "the run's " + name)
         assert not np.shares_memory(c, live) and c.strides == live.strides
-    assert all(t in set(tied.values()) for t in kept)
 
 
 # ============================================================ when nothing is dropped or copied
 
 
-def test_nothing_is_dropped_or_copied_when_copies_would_not_be_much_smaller():
-    # P is (T, B, H) = (3, 1, 2) here, U (I, H) = (30, 2): copying U to drop P would cost more,
-    # and W and the bias are no smaller than the chain's sums and products
+def test_nothing_is_dropped_when_the_copies_of_the_fed_arrays_would_not_be_much_smaller():
+    # P is (T, B, H) = (3, 1, 2) here, x (T, B, I) = (3, 1, 30): copying x to drop P would cost more
     net, ff, X, Y, dropped, ref = _dropped_and_reference(3, 1, I=30, H=2)
     assert dropped.acts.plan.droppable  # it could be dropped ...
     assert DROPPED not in dropped.acts._bstore  # ... but is not
-    assert not dropped.acts._bstore.get(KEPT)  # and no weight was copied
     _assert_same_runs(dropped, ref)
 
 
@@ -289,11 +312,11 @@ def test_a_member_read_by_another_node_keeps_the_output():
     np.testing.assert_array_equal(again.acts[g["extra"]], np.sum(again.acts[g["in[x->h]@t3"]]))
 
 
-def test_check_finite_runs_keep_every_output_and_their_forward_copies_nothing():
+def test_check_finite_runs_keep_every_output():
     net, X, Y = _net(6, 2)
     ff = net.unroll(6)
     out = _run(ff, X, Y, check_finite=True, backward=False)
-    assert DROPPED not in out.acts._bstore and KEPT not in out.acts._bstore
+    assert DROPPED not in out.acts._bstore
     np.testing.assert_allclose(out.loss, _reference(ff, X, Y).loss, rtol=1e-13)
 
 
@@ -320,6 +343,6 @@ def test_a_checked_backward_after_dropping_agrees(lean):
 def test_dropping_changes_no_value_or_gradient_for_random_shapes(T, B, H, I, dtype, lean, fortran, seed):
     net, ff, X, Y, dropped, ref = _dropped_and_reference(T, B, dtype, I=I, H=H, seed=seed, lean=lean,
                                                          fortran=fortran)
-    # dropped when the copies of U and of the fed x take at most half of P
-    assert (DROPPED in dropped.acts._bstore) == (I * H + T * B * I <= 0.5 * T * B * H)
+    # dropped when the copy of the fed x takes at most half of P (U is the run's copy anyway)
+    assert (DROPPED in dropped.acts._bstore) == (T * B * I <= 0.5 * T * B * H)
     _assert_same_runs(dropped, ref)

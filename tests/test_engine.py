@@ -800,3 +800,129 @@ def test_check_gradients_perturbs_an_int_array_fed_to_a_float_input():
     loss = tg.sum(tg.tanh(x @ W) ** 3)
     check = tg.check_gradients(g, loss, {"x": np.ones((3, 2), dtype=int)}, inputs=True)
     assert check < 1e-6, check
+
+
+# ----------------------------------------------------------------- a run's numbers stay the run's
+
+def _after_a_step(g, loss, feeds, params=None):
+    """(acts, grads) of a run, asked only after an SGD step wrote the params in place, and
+    the same run's numbers copied before the step: {node: value}, {node: gradient} (node by
+    node, batch=False)."""
+    ref = g.forward(feeds, batch=False)
+    ref_grads = ref.backward(loss)
+    want = {n: np.array(ref[n]) for n in g.nodes if n in ref}
+    want_grads = {n: np.array(ref_grads[n]) for n in want}
+    acts = g.forward(feeds)
+    grads = acts.backward(loss)
+    before = [p.value.copy() for p in g.params]
+    tg.SGD(params or g.params, lr=0.5).step(grads)
+    assert any(not np.array_equal(b, p.value) for b, p in zip(before, g.params))
+    return acts, grads, want, want_grads
+
+
+def test_values_of_params_and_of_views_of_them_stay_the_runs_after_a_step():
+    g = tg.Graph("views")
+    W = g.param("W", np.array([[1.0, 2.0], [3.0, 4.0]]))
+    views = [tg.transpose(W), tg.reshape(W, (4,)), tg.identity(W), W[0], tg.stop_gradient(W)]
+    loss = tg.sum(W * W)
+    acts, _, ref, _ = _after_a_step(g, loss, {})
+    for n in [W] + views:
+        np.testing.assert_array_equal(acts[n], ref[n], err_msg=n.name)
+
+
+def test_backward_after_a_step_uses_the_runs_params():
+    rng = np.random.default_rng(0)
+    g = tg.Graph("late")
+    x = g.input("x", (None, 3))
+    W = g.param("W", rng.standard_normal((3, 2)))
+    loss = tg.sum(tg.tanh(x @ W))
+    X = rng.standard_normal((4, 3))
+    want = g.forward({"x": X}, batch=False).backward(loss)
+    acts = g.forward({"x": X})
+    W.value *= 3.0
+    tg.note_param_write()
+    grads = acts.backward(loss)
+    for n in (x, W):
+        np.testing.assert_allclose(grads[n], want[n], rtol=1e-12, err_msg=n.name)
+
+
+def test_a_tied_copys_own_gradient_after_a_step_is_the_runs():
+    """A copy's own gradient is made when asked, from its consumers' operands: after a step
+    they must still be the run's (a learned initial state h0 and the tied W copies here)."""
+    rng = np.random.default_rng(1)
+    g = tg.Graph("copies")
+    A = rng.standard_normal((4, 4)) * 0.5
+    h = g.param("h0", rng.standard_normal(4))
+    Ws = [g.param(f"W{t}", A) for t in range(1, 5)]
+    for W in Ws:
+        h = tg.tanh(h @ W)
+    g.tie(*Ws)
+    loss = tg.sum(h * h) + tg.sum(Ws[0] * Ws[0])
+    acts, grads, ref, ref_grads = _after_a_step(g, loss, {})
+    for W in Ws:
+        np.testing.assert_allclose(grads[W], ref_grads[W], rtol=1e-12, err_msg=W.name)
+
+
+def _projections_through_a_view(T=64, B=32, I=16, H=64, fed_view=False):
+    """A recurrence whose input projections P_t = x_t @ UT read UT = transpose(U), a view of a
+    param (or, ``fed_view``, of a fed input M): large enough for P to be let go after forward."""
+    rng = np.random.default_rng(0)
+    g = tg.Graph("view-operand")
+    if fed_view:
+        U = g.input("M", (H, I))
+        feeds = {"M": rng.standard_normal((H, I)) * 0.3}
+    else:
+        U = g.param("U", rng.standard_normal((H, I)) * 0.3)
+        feeds = {}
+    UT = tg.transpose(U, name="UT")
+    Wa, ba = rng.standard_normal((H, H)) * 0.3, np.zeros(H)  # (the tied copies share these arrays)
+    h, Ws, bs, Ps, losses = g.const(np.zeros((B, H))), [], [], [], []
+    for t in range(1, T + 1):
+        x = g.input(f"x{t}", (None, I))
+        feeds[f"x{t}"] = rng.standard_normal((B, I))
+        Ws.append(g.param(f"W{t}", Wa))
+        bs.append(g.param(f"b{t}", ba))
+        Ps.append(tg.matmul(x, UT, name=f"P{t}"))
+        h = tg.tanh(tg.add_n([Ps[-1], bs[-1], tg.matmul(h, Ws[-1])]))
+        losses.append(tg.sum(h * h))
+    g.tie(*Ws), g.tie(*bs)
+    return g, tg.add_n(losses, name="loss"), feeds, Ps
+
+
+@pytest.mark.parametrize("fed_view", [False, True], ids=["view of a param", "view of a fed array"])
+def test_a_dropped_output_read_through_a_view_is_made_again_as_the_run_had_it(fed_view):
+    g, loss, feeds, Ps = _projections_through_a_view(fed_view=fed_view)
+    ref = {P: np.array(v) for P, v in zip(Ps, (g.forward(feeds, batch=False)[P] for P in Ps))}
+    acts = g.forward(feeds)
+    assert acts._bstore.get("dropped")  # (P let go: made again when asked)
+    grads = acts.backward(loss)
+    if fed_view:
+        feeds["M"][...] = 0.0  # the caller refills its array
+    else:
+        tg.SGD(g.params, lr=0.5).step(grads)
+    for P in Ps[:4]:
+        np.testing.assert_array_equal(acts[P], ref[P], err_msg=P.name)
+
+
+def test_a_fed_inputs_deferred_gradient_through_a_view_of_a_param_is_the_runs():
+    rng = np.random.default_rng(0)
+    g = tg.Graph("deferred")
+    U = g.param("U", rng.standard_normal((4, 2)))
+    UT = tg.transpose(U)
+    xs = [g.input(f"x{t}", (None, 2)) for t in range(6)]
+    loss = tg.add_n([tg.sum(tg.tanh(x @ UT)) for x in xs])
+    feeds = {f"x{t}": rng.standard_normal((3, 2)) for t in range(6)}
+    acts, grads, ref, ref_grads = _after_a_step(g, loss, feeds, params=[U])
+    for x in xs:
+        np.testing.assert_allclose(grads[x], ref_grads[x], rtol=1e-12, err_msg=x.name)
+
+
+def test_a_float32_run_gives_float32_zero_gradients_where_the_loss_does_not_reach():
+    g = tg.Graph("f32")
+    x = g.input("x", (None, 3), dtype=np.float32)
+    a = tg.matmul(x, g.const(np.ones((3, 2), np.float32)), name="a")
+    b = tg.matmul(x, g.const(np.ones((3, 2), np.float32)), name="b")  # batched with a; the loss skips it
+    loss = tg.sum(a * a)
+    for batch in (False, True):
+        grads = g.forward({"x": np.ones((2, 3), np.float32)}, batch=batch).backward(loss)
+        assert grads[a].dtype == grads[x].dtype == grads[b].dtype == np.float32, batch

@@ -18,7 +18,7 @@ from .fragments import FRAGMENT
 from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeError, UnknownNodeError
 from .graph import param_writes
 from .node import Node
-from .plan import (BATCH, BATCH_SUM, DROPPED, FED, KEPT, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER,
+from .plan import (BATCH, BATCH_SUM, DROPPED, FED, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER,
                    Plan, RowOut, SlopeRow, lift, stack_rows)
 from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
@@ -182,9 +182,10 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
     if trusted:
         _trusted_feeds(graph, plan, feeds, values, bstore, eager=check_finite)
     else:
-        fed = _resolve_feeds(graph, plan, feeds)
+        feeds = fed = _resolve_feeds(graph, plan, feeds)
         for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
             values[node.index] = fed[node.index]
+    copied = _copy_params(plan, values, feeds)
     if check_finite:
         for index in plan.source_indices:
             _check_value(nodes[index], values)
@@ -192,22 +193,34 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
             _check_value(node, values)
     _run_steps(plan.steps if check_finite else plan.fast_steps, values, bstore, {}, nodes, check_finite)
     if not check_finite:
-        kept = {}  # Plan.kept_key -> the run's copy of a param or const (see _keep)
-        lean = [f for f in plan.lean_fragments if bstore.get(f)]
-        if lean:  # the sums and products these did not keep are made again from W and the bias
-            let_go = sum(2 * len(f.chain.states) * np.size(values[f.chain.states[0]]) for f in lean)
-            _keep(plan.lean_sources, values, kept, KEEP_SHARE * let_go)
         for bid in plan.droppable:
             got = bstore.get(bid)
             if got is not None and got[0].nbytes >= DROP_MIN_BYTES:
-                _drop_output(plan.batches[bid], values, bstore, kept)
-        if kept:
-            bstore[KEPT] = kept
-    return Activations(graph, plan, values, bstore)
+                _drop_output(plan.batches[bid], values, bstore)
+    return Activations(graph, plan, values, bstore, copied)
 
 
 DROP_MIN_BYTES = 1 << 16  # smaller batch outputs are kept: letting them go costs more time than it saves memory
-KEEP_SHARE = 0.5  # copies for remaking values may take at most this share of the memory a run lets go
+KEEP_SHARE = 0.5  # copies of the caller's arrays that a dropped output is made again from: at most this share of it
+PARAMS_COPIED_UP_TO = 1 << 20  # bytes of params a run always copies; more only when the feeds are as large
+
+
+def _copy_params(plan, values, feeds):
+    """A run works on its own copy of the params (one per array, tied copies sharing it, in
+    its memory layout), so that its values and gradients, stored or made when asked, are the
+    run's after an optimizer step writes the params in place.  Params larger than 1 MiB and
+    than the feeds are not copied: the run then answers only while no param has been written
+    since (graph.note_param_write) and refuses otherwise.  True when copied."""
+    arrays = plan.param_arrays
+    if not arrays:
+        return True
+    size = sum(values[first].nbytes for first, _ in arrays)
+    if size > PARAMS_COPIED_UP_TO and size > sum(getattr(v, "nbytes", 0) for v in feeds.values()):
+        return False
+    for first, idx in arrays:
+        copy = values[first].copy(order="K")
+        deque(map(values.__setitem__, idx, repeat(copy)), 0)
+    return True
 _STAND_INS = {}  # (shape, dtype) -> a read-only array of that shape without memory (all strides 0)
 
 
@@ -226,41 +239,18 @@ def _copies_as_is(v):
     return type(v) is np.ndarray and (v.flags.c_contiguous or v.flags.f_contiguous)
 
 
-def _keep(sources, values, kept, budget):
-    """Copy the values of ``sources`` ({kept_key: index} of params and consts) into ``kept``,
-    all or none: True when all are there (copies made before count), False (nothing copied)
-    when those still to copy take more than ``budget`` elements or one is strided.  Remakes
-    read the copies, so a value made after an optimizer step is still the run's."""
-    todo = [(key, values[j]) for key, j in sources.items() if key not in kept]
-    if sum(v.size for _, v in todo) > budget or not all(_copies_as_is(v) for _, v in todo):
-        return False
-    for key, v in todo:
-        kept[key] = v.copy(order="K")
-    return True
-
-
-def _with_param_copies(b, args, kept):
-    """Batch b's operands with its params and consts replaced by the run's copies (_keep)."""
-    args = list(args)
-    for pos, key in b.param_operands:
-        args[pos] = lift(kept[key], b.rank, False) if b.lifted else kept[key]
-    return args
-
-
-def _drop_output(b, values, bstore, kept):
-    """Let go of batch b's stacked output (Plan.droppable) when the run can keep copies of
-    the operands it is made again from that take at most KEEP_SHARE of it: its params (an
-    optimizer step may change them in place) and its fed inputs (the caller's arrays, which
-    the caller may refill).  What backward reads in its place has its shape and dtype and no
-    memory (its VJPs do not read it), and so do the members' values, which
-    Activations.value makes again when asked."""
+def _drop_output(b, values, bstore):
+    """Let go of batch b's stacked output (Plan.droppable) when copies of the caller's arrays it
+    is made again from (fed inputs and views of them, which the caller may refill) take at
+    most KEEP_SHARE of it; its params are the run's own copies (_copy_params).  What backward
+    reads in its place has its shape and dtype and no memory (its VJPs do not read it), and
+    so do the members' values, which Activations.value makes again when asked."""
     out, args = bstore[b.id]
     caller = b.caller_operands
-    budget = KEEP_SHARE * out.size - sum(args[pos].size for pos in caller)
-    if (budget < 0 or not all(_copies_as_is(args[pos]) for pos in caller)
-            or not _keep(b.param_sources, values, kept, budget)):
+    if (KEEP_SHARE * out.size < sum(args[pos].size for pos in caller)
+            or not all(_copies_as_is(args[pos]) for pos in caller)):
         return
-    args = _with_param_copies(b, args, kept)
+    args = list(args)
     for pos in caller:
         args[pos] = args[pos].copy(order="K")
     stand_in = _stand_in(out.shape, out.dtype)
@@ -432,12 +422,13 @@ def _store_rows(b, out, values):
 class Activations:
     """The stored value (activity) of every node computed by one forward run."""
 
-    def __init__(self, graph, plan, values, bstore=None):
+    def __init__(self, graph, plan, values, bstore=None, params_copied=True):
         self.graph = graph
         self.plan = plan
         self._values = values
         self._bstore = bstore or {}
-        self._writes = param_writes()  # (what was not kept is made again from live params only while this holds)
+        self._params_copied = params_copied  # (autodiff._copy_params: else the live params, while unwritten)
+        self._writes = param_writes()
 
     def value(self, i):
         """The value of node index i, or None when it was not computed.  Members of a batch
@@ -445,6 +436,8 @@ class Activations:
         and so do inputs fed whole to one batch (_trusted_feeds); the sums and products a
         lean chain did not keep (fragments.Chain) are made again."""
         v = self._values[i] if i < len(self._values) else None
+        if not self._params_copied and i in self.plan.param_views:  # (a param's live array, or a view of it)
+            _unchanged_since(self._writes, self.graph.nodes[i], "value")
         dropped = self._bstore.get(DROPPED)
         mb = self.plan.member_of.get(i) if v is None or dropped else None
         if dropped and mb is not None and dropped.get(mb[0]):  # its batch's output was let go: made again, all of it
@@ -463,19 +456,17 @@ class Activations:
                     v = self._values[i] = arr[fr[1]]
         return v
 
-    def _source_as_run(self, j, i):
-        """Source j as the run had it, to make node i again: the run's copy, or the live value
-        while no parameter has been written since the run (graph.note_param_write)."""
-        kept = self._bstore.get(KEPT)
-        if kept and self.plan.kept_key(j) in kept:
-            return kept[self.plan.kept_key(j)]
-        _unchanged_since(self._writes, self.graph.nodes[i], "value")
-        return self._values[j]
+    def _as_run(self, i, what="value"):
+        """Refuse to make node i's ``what`` again when the run did not copy its params and one
+        has been written since (graph.note_param_write): it would read the new values."""
+        if not self._params_copied:
+            _unchanged_since(self._writes, self.graph.nodes[i], what)
 
     def _remake_batch(self, bid):
         """A dropped batch output (_drop_output), made by the same call on the same operands
         (so the same bits), and its members' rows."""
         b = self.plan.batches[bid]
+        self._as_run(b.members[0])
         args = self._bstore[bid][1]
         out = b.forward(*args)
         self._bstore[bid] = (out, args)
@@ -488,10 +479,11 @@ class Activations:
         the order of PreSum and the fragment, where the live operand may be such a product."""
         how = self.plan.recompute[i]
         values = self._values
+        self._as_run(i)
         if how[0] == "dot":
-            return np.dot(values[how[1]], self._source_as_run(how[2], i))
+            return np.dot(values[how[1]], values[how[2]])
         _, group, member, live = how
-        total = group.plus_sources(self.value(member), {j: self._source_as_run(j, i) for j in group.sources})
+        total = group.plus_sources(self.value(member), {j: values[j] for j in group.sources})
         x = values[live]
         if x is None:  # a product not kept either (its inputs are)
             x = values[live] = self._remake(live)
@@ -537,6 +529,7 @@ class Activations:
         NonFiniteError with ``check_finite`` at the first non-finite gradient.
         """
         loss = self._node(loss)
+        self._as_run(loss.index, "gradient")  # (backward reads the params: the run's, or refused)
         out = np.asarray(self._values[loss.index])
         if seed is None:
             if out.size != 1:
@@ -586,6 +579,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     lazy = {}
     finals = {}
     seed_batch = plan.member_of.get(loss.index, (None,))[0]
+    writes = None if acts._params_copied else (acts._writes, nodes)  # (for gradients made when asked)
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
     outer = {}  # id(tie group) -> ([a], [g]): deferred shares a.T @ g of tied matmul weights
@@ -642,7 +636,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             b = step[1]
             if b.id in bstore:
                 _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied,
-                                check_finite, seed_batch, rows, owned)
+                                check_finite, seed_batch, rows, owned, writes)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -808,10 +802,12 @@ def _backward_single(node, values, grads, accumulate, check_finite):
 
 
 def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied, check_finite=False,
-                    seed_batch=None, rows=None, owned=None):
+                    seed_batch=None, rows=None, owned=None, writes=None):
     """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
     (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
-    source nodes fed stacked, unless something else also contributes to them."""
+    source nodes fed stacked, unless something else also contributes to them (``writes``:
+    what such a deferred gradient needs to refuse itself once uncopied params have been
+    written, None when the run copied them: see _Deferred)."""
     out, args = bstore[b.id]
     G = bgrads.pop(b.id, None)
     members = b.members
@@ -825,7 +821,8 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
     if G is None:
         G = stacked_view(per, rows)  # (no copy when they are rows of one buffer)
         if G is None:
-            G = stack_rows([np.zeros(out.shape[1:]) if p is None else p for p in per])  # (out[k]: member k)
+            zero = np.zeros(out.shape[1:], _grad_dtype(out))
+            G = stack_rows([zero if p is None else p for p in per])  # (out[k]: member k)
     elif some:
         G = np.array(G, copy=True)
         for k, p in enumerate(per):
@@ -846,7 +843,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             first = values[ref[0]]
-            deferred = _Deferred(b, pos, G, out, *_deferred_operands(b, pos, args, values, bstore, nodes),
+            deferred = _Deferred(b, pos, G, out, args, writes,
                                  np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:])
             if b.fed_alone[pos]:
                 lazy[(b.id, pos)] = deferred  # input k's gradient: row k (plan.fed_rows)
@@ -889,6 +886,12 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
                     accumulate(j, row)
 
 
+def _grad_dtype(v):
+    """The dtype of a zero gradient for value v: its own float dtype (float32 stays float32)."""
+    dt = getattr(v, "dtype", None)
+    return dt if dt is not None and dt.kind == "f" else np.float64
+
+
 def _fresh(gi, G, out, args):
     """True when the VJP result ``gi`` shares no memory with the batch's gradient, output or
     operands (a product, not a view of something another node's gradient may hold)."""
@@ -904,25 +907,12 @@ def _source_grads_one_by_one(b, grads, accumulate):
                 accumulate(j, _ops.unbroadcast(grads[a], shape))
 
 
-def _deferred_operands(b, pos, args, values, bstore, nodes):
-    """(operands, writes) for operand pos's deferred gradient, computed when asked from the
-    run's params: its copies when cheap (writes None), else the live ones while no param
-    has been written since (writes: (param_writes() now, the graph's nodes)).  The fed
-    arrays are read as they are then."""
-    if not b.param_operands or b.id in bstore.get(DROPPED, ()):  # (dropped: copies already)
-        return args, None
-    budget = KEEP_SHARE * args[pos].size
-    if b.param_size <= budget and _keep(b.param_sources, values, bstore.setdefault(KEPT, {}), budget):
-        return _with_param_copies(b, args, bstore[KEPT]), None
-    return args, (param_writes(), nodes)
-
-
 def _unchanged_since(writes, node, what):
     if param_writes() != writes:
         raise GraphError(
-            f"the {what} of '{node.name}' ({node.op}) was not kept by its run, to save memory and time, and "
-            f"is made when asked from the parameters, which were written since (an optimizer step, a tie "
-            f"or load_params). Ask for it before updating, or run again")
+            f"the {what} of '{node.name}' ({node.op}) comes from its run's parameters, which the run did not "
+            f"copy (they are larger than 1 MiB and than its feeds) and which were written since (an optimizer "
+            f"step, a tie or load_params). Ask for it before updating, or run again")
 
 
 class _Deferred:
@@ -933,7 +923,7 @@ class _Deferred:
     def __init__(self, b, pos, G, out, args, writes, member_shape):
         self.b, self.pos, self.G, self.out, self.args = b, pos, G, out, args
         self.member_shape = tuple(member_shape)
-        self.writes = writes  # see _deferred_operands
+        self.writes = writes  # None, or (param_writes() at the run, the graph's nodes): see _backward_batch
         self._value = None
 
     def __getitem__(self, k):
@@ -1007,13 +997,15 @@ class Gradients:
         if v is None:
             v = self.acts.value(i)
         if v is not None:
-            return np.zeros(np.shape(v))
+            return np.zeros(np.shape(v), _grad_dtype(v))
         if node.op == "param":
             return np.zeros_like(node.value)
         raise UnknownNodeError(f"node '{node.name}' was not computed in the forward run, so it has no gradient")
 
     def _copy_grad(self, node):
-        """One tied copy's own gradient: the sum of its consumers' VJPs (computed when asked)."""
+        """One tied copy's own gradient: the sum of its consumers' VJPs (computed when asked,
+        from the run's values: its own params, or refused once uncopied ones were written)."""
+        self.acts._as_run(node.index, "gradient")
         value = self.acts.value
         nodes = self.graph.nodes
         total = None

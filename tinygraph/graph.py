@@ -46,11 +46,11 @@ _param_writes = 0  # in-place writes of parameter values by tinygraph, process-w
 def note_param_write():
     """Say that parameter values are being written in place.  tinygraph calls it for its own
     writes (optimizer steps, tying, load_params); call ``tg.note_param_write()`` after
-    writing a weight array yourself (``net.weights["h->h"] *= 0.5``).  A run that did not
-    keep a value makes it again from the run's operands; where it kept no copy of a
-    parameter it reads the live array, and so only while no parameter has been written
-    since the run (process-wide: nets share weight arrays across graphs).  Otherwise it says
-    so instead of answering with other numbers."""
+    writing a weight array yourself (``net.weights["h->h"] *= 0.5``).  A run works on its own
+    copy of the params, except params larger than 1 MiB and than its feeds: such a run reads
+    the live arrays, and so answers (values, gradients, backward) only while no parameter has
+    been written since it ran (process-wide: nets share weight arrays across graphs), and
+    otherwise says so instead of answering with other numbers."""
     global _param_writes
     _param_writes += 1
 

@@ -31,8 +31,23 @@ SLOPE_CHUNK = 1 << 18  # elements per chunk when a slope group computes its slop
 ROWS = "rows"  # the key of a run's rowbuffers.RowIndex in its batch store
 FED = "fed"  # the key of a run's {(batch id, operand position): array fed whole} (Plan.fed_stacks)
 DROPPED = "dropped"  # the key of a run's {batch id: still let go?} for outputs let go after forward (Plan.droppable)
-KEPT = "kept"  # the key of a run's {Plan.kept_key: copy of a source's value} (autodiff._keep)
 NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its run has no buffer
+
+
+# ops whose value may be its first input's array or a view of it: a run's value of such a node
+# shares memory with a param or a fed array when that is where it comes from (Plan.param_views)
+VIEW_OPS = frozenset({"identity", "stop_gradient", "getitem", "reshape", "transpose", "broadcast_like"})
+
+
+def _views_of(nodes, order, source_op):
+    """Indices in ``order`` of the nodes of op ``source_op`` and of those whose value may be a
+    view of one (VIEW_OPS over it)."""
+    out = set()
+    for i in order:
+        n = nodes[i]
+        if n.op == source_op or (n.op in VIEW_OPS and n.inputs[0].index in out):
+            out.add(i)
+    return frozenset(out)
 
 
 class Marker:
@@ -76,8 +91,7 @@ class Batch:
 
     __slots__ = ("id", "members", "op", "attrs", "inputs", "rank", "in_ranks", "kind", "by_rlevel", "fed",
                  "from_singles", "source_grads", "fed_alone", "untied_stack", "lazy", "lifted", "forward",
-                 "vjps", "fresh_vjps", "vjps_read_out", "param_operands", "param_sources", "param_size",
-                 "caller_operands")
+                 "vjps", "fresh_vjps", "vjps_read_out", "caller_operands")
 
     def __init__(self, bid, members, op, attrs, by_rlevel):
         self.id = bid
@@ -358,6 +372,14 @@ class Plan:
         # its forward and its VJPs bound to the node's attributes (no lookups while running)
         self.source_nodes = [n for n in self.order if n.op in ("param", "const")]
         self.source_indices = [n.index for n in self.source_nodes]
+        # the params' arrays, each with the params that hold it (T tied copies share one):
+        # a run works on its own copy of each (autodiff._copy_params), one per array
+        by_array = {}
+        for n in self.source_nodes:
+            if n.op == "param":
+                by_array.setdefault(id(n.value), (n.index, []))[1].append(n.index)
+        self.param_arrays = tuple((first, tuple(idx)) for first, idx in by_array.values())
+        self.param_views = _views_of(nodes, needed, "param")  # what a run's uncopied params show through
         for kind, ref in units:
             if kind == "b":
                 steps.append((BATCH, self.batches[ref]))
@@ -408,20 +430,17 @@ class Plan:
         self.recompute = {}  # node index -> how to make its value again when a lean chain did not keep it
         for frag in self.lean_fragments:
             self.recompute.update(frag.chain.recompute)
-        self.lean_sources = self._lean_sources()
         self._consumers = None
         self.droppable = self._droppable(batches)
+        fed_views = _views_of(nodes, needed, "input")
         for b in batches:
-            whole = [(pos, ref if kind == "shared" else ref[0]) for pos, (kind, ref) in enumerate(b.inputs)
-                     if kind in ("shared", "tied")]  # operands read whole: (position, index)
-            b.param_sources = self._kept_sources(j for _, j in whole)  # the params and consts among them
-            b.param_operands = tuple((pos, self.kept_key(j)) for pos, j in whole if nodes[j].op in ("param", "const"))
-            b.param_size = sum(np.size(nodes[j].value) for j in b.param_sources.values())  # (what copying them costs)
-            # operands that are the caller's arrays (fed inputs, stacked or read whole): a run
-            # copies them before it makes anything again from them (they may be refilled)
+            # operands that may be the caller's arrays (fed inputs, or views of them, stacked or
+            # read whole): a run copies them before it lets go of what is made again from them
+            # (the caller may refill them)
             b.caller_operands = tuple(
                 pos for pos, (kind, ref) in enumerate(b.inputs) if b.fed[pos]
-                or (kind in ("shared", "tied") and nodes[ref if kind == "shared" else ref[0]].op == "input"))
+                or (kind in ("shared", "tied") and (ref if kind == "shared" else ref[0]) in fed_views)
+                or (kind == "stack" and any(j in fed_views for j in ref)))
 
     def _droppable(self, batches):
         """Batches whose stacked output a fast run lets go once forward is done (an unrolled
@@ -445,30 +464,6 @@ class Plan:
                         ok[bid] = False
         return tuple(bid for bid, good in ok.items()
                      if good and all(m in read for m in self.batches[bid].members))
-
-    def _lean_sources(self):
-        """The params and consts a lean chain's sums and products (plan.recompute) are made
-        again from: a fast run copies them when that is cheap (autodiff._keep), so that a
-        value made after an optimizer step changed them in place is still the run's."""
-        read = []
-        for how in self.recompute.values():
-            read += [how[2]] if how[0] == "dot" else how[1].sources
-        return self._kept_sources(read)
-
-    def _kept_sources(self, indices):
-        """{kept_key: index} of the params and consts among ``indices`` (one per key)."""
-        nodes = self.graph.nodes
-        out = {}
-        for j in indices:
-            if nodes[j].op in ("param", "const"):
-                out.setdefault(self.kept_key(j), j)
-        return out
-
-    def kept_key(self, j):
-        """Source j's key among a run's kept copies: its tie group (the copies of a tie are
-        bitwise equal: one copy serves them all), or its own index."""
-        t = self.tied.get(j)
-        return j if t is None else t
 
     def consumers(self, index):
         """[(consumer index, input position)] of node ``index`` within this plan."""
