@@ -178,14 +178,14 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
     values = [None] * plan.size
     bstore = {ROWS: RowIndex()}  # batches' stacked results, slope groups' row buffers (plan.RowOut)
     nodes = graph.nodes
-    deque(map(values.__setitem__, plan.source_indices, map(attrgetter("value"), plan.source_nodes)), 0)
+    deque(map(values.__setitem__, plan.const_indices, map(attrgetter("value"), plan.const_nodes)), 0)
     if trusted:
         _trusted_feeds(graph, plan, feeds, values, bstore, eager=check_finite)
     else:
         feeds = fed = _resolve_feeds(graph, plan, feeds)
         for node in plan.inputs:  # feeds the requested outputs do not need are checked, not stored
             values[node.index] = fed[node.index]
-    copied = _copy_params(plan, values, feeds)
+    copied = _place_params(plan, values, feeds)
     if check_finite:
         for index in plan.source_indices:
             _check_value(nodes[index], values)
@@ -205,22 +205,21 @@ KEEP_SHARE = 0.5  # copies of the caller's arrays that a dropped output is made 
 PARAMS_COPIED_UP_TO = 1 << 20  # bytes of params a run always copies; more only when the feeds are as large
 
 
-def _copy_params(plan, values, feeds):
+def _place_params(plan, values, feeds):
     """A run works on its own copy of the params (one per array, tied copies sharing it, in
     its memory layout), so that its values and gradients, stored or made when asked, are the
     run's after an optimizer step writes the params in place.  Params larger than 1 MiB and
-    than the feeds are not copied: the run then answers only while no param has been written
-    since (graph.note_param_write) and refuses otherwise.  True when copied."""
-    arrays = plan.param_arrays
-    if not arrays:
-        return True
-    size = sum(values[first].nbytes for first, _ in arrays)
-    if size > PARAMS_COPIED_UP_TO and size > sum(getattr(v, "nbytes", 0) for v in feeds.values()):
-        return False
-    for first, idx in arrays:
-        copy = values[first].copy(order="K")
-        deque(map(values.__setitem__, idx, repeat(copy)), 0)
-    return True
+    than the feeds are not copied: the run then reads the live arrays, answers only while no
+    param has been written since (graph.note_param_write) and refuses otherwise.  True when
+    copied."""
+    arrays = [(node.value, idx) for node, idx in plan.param_arrays]
+    size = sum(a.nbytes for a, _ in arrays)
+    copied = size <= PARAMS_COPIED_UP_TO or size <= sum(getattr(v, "nbytes", 0) for v in feeds.values())
+    for a, idx in arrays:
+        deque(map(values.__setitem__, idx, repeat(a.copy(order="K") if copied else a)), 0)
+    return copied
+
+
 _STAND_INS = {}  # (shape, dtype) -> a read-only array of that shape without memory (all strides 0)
 
 

@@ -372,12 +372,14 @@ class Plan:
         # its forward and its VJPs bound to the node's attributes (no lookups while running)
         self.source_nodes = [n for n in self.order if n.op in ("param", "const")]
         self.source_indices = [n.index for n in self.source_nodes]
-        # the params' arrays, each with the params that hold it (T tied copies share one):
-        # a run works on its own copy of each (autodiff._copy_params), one per array
+        self.const_nodes = [n for n in self.source_nodes if n.op == "const"]
+        self.const_indices = [n.index for n in self.const_nodes]
+        # the params' arrays, each as (a param holding it, the params that hold it: T tied
+        # copies share one): a run works on its own copy of each (autodiff._place_params)
         by_array = {}
         for n in self.source_nodes:
             if n.op == "param":
-                by_array.setdefault(id(n.value), (n.index, []))[1].append(n.index)
+                by_array.setdefault(id(n.value), (n, []))[1].append(n.index)
         self.param_arrays = tuple((first, tuple(idx)) for first, idx in by_array.values())
         self.param_views = _views_of(nodes, needed, "param")  # what a run's uncopied params show through
         for kind, ref in units:
