@@ -785,8 +785,8 @@ def test_to_networkx_keeps_every_position_of_a_repeated_input():
     g = tg.Graph("rep")
     a = g.input("a", (2,))
     x = g.input("x", (2,))
-    sq = tg.mul(a, a, name="sq")
-    cat = tg.concat([a, x, a], name="cat")
+    tg.mul(a, a, name="sq")
+    tg.concat([a, x, a], name="cat")
     G = g.to_networkx()
     assert G.edges["a", "sq"]["positions"] == [0, 1] and G.edges["a", "sq"]["position"] == 0
     assert G.edges["a", "cat"]["positions"] == [0, 2] and G.edges["x", "cat"]["positions"] == [1]
