@@ -90,6 +90,12 @@ def _values(values, n_steps, n_units, where, integer=False):
         arr = np.asarray(values)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: values must be numeric arrays ({exc})") from None
+    if arr.dtype.kind == "O":  # (numbers held as objects, e.g. a mixed table's .to_numpy())
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: values must be numeric arrays of real numbers, got objects that are "
+                            f"not numbers") from None
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{where}: values must be numeric arrays of real numbers, got dtype {arr.dtype}")
     if integer:

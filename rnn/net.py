@@ -127,15 +127,12 @@ class RecurrentNet:
             except (TypeError, ValueError):
                 raise NetError(f"group '{name}': the initial state must be a number or an array of "
                                f"{group.size} numbers, got {initial!r}") from None
-            if arr.ndim == 0:
-                group.initial = float(arr)
-            elif arr.shape == (group.size,):
-                group.initial = arr.copy()
-            else:
+            if arr.ndim != 0 and arr.shape != (group.size,):
                 raise NetError(f"group '{name}': an initial state array must have shape ({group.size},), "
                                f"got {arr.shape}")
             if not np.all(np.isfinite(arr)):
                 raise NetError(f"group '{name}': the initial state must be finite")
+            group.initial = float(arr) if arr.ndim == 0 else arr.copy()
 
     def connect(self, src, dst, delay=None, weight=None, scale=1.0, name=None):
         """Connect group ``src`` to group ``dst`` with a delay of ``delay`` steps.

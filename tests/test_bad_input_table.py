@@ -968,3 +968,19 @@ def test_table_covers_every_section():
                 "load-", "save-", "rnn-render-", "side-by-side-")
     for p in prefixes:
         assert any(c.id.startswith(p) for c in CASES), f"no row for {p}"
+
+
+def test_set_initial_refused_leaves_the_group_as_it_was():
+    net = rnn.RecurrentNet("init")
+    net.add_group("h", 2, initial=0.3)
+    with pytest.raises(rnn.NetError, match="finite"):
+        net.set_initial("h", [np.nan, 1.0])
+    assert net.groups["h"].initial == 0.3
+
+
+def test_object_arrays_of_numbers_are_data():
+    net = adder()
+    X = np.zeros((T, B, 2)).astype(object)
+    rnn.bptt(net, T, [C("x", X)], [Tg("y", Y)])  # (a mixed table's .to_numpy() gives these)
+    with pytest.raises(DataError, match="not numbers"):
+        rnn.bptt(net, T, [C("x", np.full((T, B, 2), "a", dtype=object))], [Tg("y", Y)])

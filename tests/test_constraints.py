@@ -685,3 +685,19 @@ def test_consistency_does_not_depend_on_how_a_row_is_scaled():
     with pytest.raises(tg.GraphError, match="inconsistent"):
         g.constrain({W: np.array([[1e-9]])}, rhs=[1e-9])  # w = 0 and w = 1 together
     assert len(g.constraints.constraints) == 1
+
+
+def test_dependent_constraints_whose_right_hand_side_is_rounding_noise_are_consistent():
+    """Row and column sums of a doubly centred W, kept at their current values (about 1e-16):
+    the system is consistent at W's scale, whatever the noise's own scale."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 3))
+    A -= A.mean(axis=0)
+    A -= A.mean(axis=1, keepdims=True)
+    g = tg.Graph("centred")
+    W = g.param("W", A)
+    rows = np.kron(np.eye(3), np.ones((1, 3)))
+    cols = np.kron(np.ones((1, 3)), np.eye(3))
+    C = np.vstack([rows, cols])  # (exactly dependent: both sum to the total)
+    g.constrain({W: C}, rhs=C @ A.reshape(-1))
+    assert list(g.constraints.residuals().values())[0] < 1e-12

@@ -346,3 +346,50 @@ def test_dropping_changes_no_value_or_gradient_for_random_shapes(T, B, H, I, dty
     # dropped when the copy of the fed x takes at most half of P (U is the run's copy anyway)
     assert (DROPPED in dropped.acts._bstore) == (T * B * I <= 0.5 * T * B * H)
     _assert_same_runs(dropped, ref)
+
+
+def test_a_fed_array_two_dropped_outputs_read_is_copied_once_and_a_stack_made_by_the_run_not_at_all():
+    # x drives two recurrent groups: two projection batches read the same fed record
+    import rnn
+    T, B = 8, 4
+    net = rnn.RecurrentNet("two", seed=0)
+    net.add_group("x", 2, role="input")
+    for g in ("h", "k"):
+        net.add_group(g, 16, activation="tanh")
+        net.connect("x", g, delay=0)
+        net.connect(g, g, delay=1)
+    net.add_group("y", 1, activation="linear", role="output")
+    net.connect("h", "y", delay=0)
+    net.connect("k", "y", delay=0)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((T, B, 2))
+    out = net.unroll(T).run([rnn.Clamp("x", X)], [rnn.Target("y", rng.standard_normal((T, B, 1)))])
+    dropped = out.acts._bstore[DROPPED]
+    assert len(dropped) == 2
+    stacks = [out.acts._bstore[bid][1] for bid in dropped]
+    xs = [a for args in stacks for a in args if a.shape == (T, B, 2)]
+    assert len(xs) == 2 and xs[0] is xs[1] and not np.shares_memory(xs[0], X)  # one copy, shared
+
+
+def test_a_stack_the_run_made_itself_is_not_copied_again(monkeypatch):
+    # x_t fed one by one: the batch stacks them into a new array, which no caller can refill
+    T, B, I, H = 8, 4, 2, 16
+    rng = np.random.default_rng(0)
+    g = tg.Graph("stacked")
+    V, bias = g.param("V", 0.3 * rng.standard_normal((H, H))), g.param("bias", np.zeros(H))
+    U = g.param("U", rng.standard_normal((I, H)))
+    h = g.input("h0", (None, H))
+    for t in range(1, T + 1):
+        h = tg.tanh(tg.add_n([tg.matmul(g.input(f"x{t}", (None, I)), U, name=f"P{t}"), tg.matmul(h, V), bias]))
+    feeds = {"h0": np.zeros((B, H)), **{f"x{t}": rng.standard_normal((B, I)) for t in range(1, T + 1)}}
+    copied = []
+    real = AD._memory_key
+    monkeypatch.setattr(AD, "_memory_key", lambda a: copied.append(a.shape) or real(a))
+    acts = g.forward(feeds)
+    assert copied == []  # nothing the caller could refill: nothing to copy
+    (bid,) = acts._bstore[DROPPED]
+    stack = acts._bstore[bid][1][0]
+    want = np.array(g.forward(feeds, batch=False)[g["P3"]])
+    assert stack.shape == (T, B, I) and not any(np.shares_memory(stack, v) for v in feeds.values())
+    feeds["x3"][...] = 0.0  # the caller refills one of the arrays the run stacked
+    np.testing.assert_array_equal(acts[g["P3"]], want)

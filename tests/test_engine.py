@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import tinygraph as tg
+import tinygraph.autodiff as AD
 
 
 def _subst(shape, batch):
@@ -926,3 +927,63 @@ def test_a_float32_run_gives_float32_zero_gradients_where_the_loss_does_not_reac
     for batch in (False, True):
         grads = g.forward({"x": np.ones((2, 3), np.float32)}, batch=batch).backward(loss)
         assert grads[a].dtype == grads[x].dtype == grads[b].dtype == np.float32, batch
+
+
+def test_a_param_whose_array_is_replaced_is_read_from_its_own_array():
+    """Params grouped by array when the plan was made: one of them given another array since
+    is read from that one (each param's own value, as node by node)."""
+    g = tg.Graph("rebind")
+    A = np.ones((2, 2))
+    x = g.input("x", (None, 2))
+    W1, W2 = g.param("W1", A), g.param("W2", A)
+    y = tg.sum(x @ W1 + x @ W2)
+    X = np.arange(6.0).reshape(3, 2)
+    g.forward({"x": X})
+    W2.value = np.zeros((2, 2))
+    assert float(g.forward({"x": X})[y]) == float(g.forward({"x": X}, batch=False)[y]) == float(np.sum(X @ A))
+
+
+def test_a_const_is_the_graphs_own_copy():
+    """Writing the array a const was made from changes no run, not even what a run makes
+    later (a dropped output, a deferred input gradient), and the const itself is read-only."""
+    rng = np.random.default_rng(0)
+    U = rng.standard_normal((2, 5))
+    g = tg.Graph("const")
+    Uc = g.const(U, name="U")
+    xs = [g.input(f"x{t}", (None, 2)) for t in range(4)]
+    loss = tg.sum(tg.add_n([tg.tanh(x @ Uc) for x in xs]))
+    feeds = {f"x{t}": rng.standard_normal((3, 2)) for t in range(4)}
+    want = g.forward(feeds, batch=False).backward(loss)
+    want = {x: np.array(want[x]) for x in xs}
+    grads = g.forward(feeds).backward(loss)
+    U *= -2.0
+    for x in xs:
+        np.testing.assert_allclose(grads[x], want[x], rtol=1e-12)
+    assert not Uc.value.flags.writeable and not np.shares_memory(Uc.value, U)
+
+
+def test_what_a_run_stored_is_answered_after_a_write_even_when_it_did_not_copy_its_params(monkeypatch):
+    """A run without param copies refuses only what it would make from the new weights: the
+    tied sums and gradients it stored serve a second optimizer step, and `in` still answers."""
+    monkeypatch.setattr(AD, "PARAMS_COPIED_UP_TO", 0)
+    rng = np.random.default_rng(0)
+    g = tg.Graph("two-steps")
+    x = g.input("x", (None, 3))
+    A, c = rng.standard_normal((3, 3)), rng.standard_normal(3)
+    Ws, bs = [g.param(f"W{t}", A) for t in range(3)], [g.param(f"b{t}", c) for t in range(3)]
+    h = x
+    for W, b in zip(Ws, bs):
+        h = tg.tanh(h @ W + b)
+    loss = tg.sum(h * h)
+    g.tie(*Ws), g.tie(*bs)
+    acts = g.forward({"x": rng.standard_normal((2, 3))})
+    assert not acts._params_copied
+    grads = acts.backward(loss)
+    want = {k: np.array(v) for k, v in grads.constrained().items()}
+    tg.SGD(bs, lr=0.1).step(grads)
+    tg.SGD(Ws, lr=0.1).step(grads)  # (the same Gradients, after the first step wrote the biases)
+    assert Ws[0] in acts
+    for k, v in grads.constrained().items():
+        np.testing.assert_array_equal(v, want[k])
+    with pytest.raises(tg.GraphError, match="written since"):
+        acts[Ws[0]]

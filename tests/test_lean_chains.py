@@ -413,7 +413,9 @@ def test_dropped_values_read_through_gradients_and_contains():
     g = out.graph
     s = g["net[h]@t2"]
     assert out.acts._values[s.index] is None
-    assert s in out.acts  # `in` remakes it (Activations._node asks for the value)
+    assert s in out.acts  # `in` says it can be had, without making it
+    assert out.acts._values[s.index] is None
+    out.acts[s]  # asking for the value makes it
     assert out.acts._values[s.index] is not None
     # a tied copy's own gradient reads its (dropped) product through Activations.value
     c = g["W[h->h]@t4"]

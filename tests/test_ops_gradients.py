@@ -735,3 +735,24 @@ def test_a_number_to_the_power_of_a_node():
     acts = g.forward()
     np.testing.assert_allclose(acts[loss], np.sum(2.0 ** W.value), rtol=1e-12)
     np.testing.assert_allclose(acts.backward(loss)[W], np.log(2.0) * 2.0 ** W.value, rtol=1e-12)
+
+
+def test_index_forms_numpy_accepts_build_and_run():
+    g = tg.Graph("idx")
+    x = g.input("x", (None, 3))
+    y = g.input("y", (None, None))
+    forms = {x[np.array(1)]: (lambda X, Y: X[np.array(1)]), x[: 2 ** 62]: (lambda X, Y: X[: 2 ** 62]),
+             y[0, 1:10 ** 12]: (lambda X, Y: Y[0, 1:10 ** 12])}
+    X, Y = np.arange(12.0).reshape(4, 3), np.arange(20.0).reshape(4, 5)
+    acts = g.forward({"x": X, "y": Y})
+    for node, fn in forms.items():
+        np.testing.assert_array_equal(acts[node], fn(X, Y))
+        assert len(node.shape) == fn(X, Y).ndim
+
+
+def test_cross_entropy_refuses_labels_that_are_neither_indices_nor_rows():
+    g = tg.Graph("ce")
+    z = g.input("z", (None, 4))
+    y = g.input("y", (None, 1), dtype=np.int64)
+    with pytest.raises(tg.ShapeError, match=r"need 4 classes on the last axis; class indices go as shape \(None,\)"):
+        tg.cross_entropy(z, y)

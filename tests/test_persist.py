@@ -639,3 +639,31 @@ def test_load_params_reads_each_param_from_its_own_member(tmp_path):
     tg.save_params(src, tmp_path / "p.npz")
     tg.load_params(g, tmp_path / "p.npz")
     assert np.array_equal(a.value, [7.0]) and np.array_equal(b.value, [1.0, 2.0, 3.0])
+
+
+def test_load_params_takes_back_what_a_float32_constrained_graph_saved(tmp_path):
+    rng = np.random.default_rng(0)
+    g = tg.Graph("f32")
+    W = g.param("W", rng.standard_normal(3).astype(np.float32))
+    V = g.param("V", rng.standard_normal(3).astype(np.float32))
+    g.constrain({W: rng.standard_normal((2, 3)), V: rng.standard_normal((2, 3))}, project_init=True)
+    tg.save_params(g, tmp_path / "p.npz")
+    assert tg.load_params(g, tmp_path / "p.npz") == ["V", "W"]
+
+
+def test_load_params_partly_into_a_longer_unroll_of_the_same_net(tmp_path):
+    """strict=False: the shorter unroll's copies carry the one value of each weight; the copies
+    the file does not hold share the array written, so nothing is untied."""
+    net = rnn.RecurrentNet("n", seed=0)
+    net.add_group("x", 1, role="input")
+    net.add_group("h", 2, activation="tanh")
+    net.connect("x", "h", delay=0)
+    net.connect("h", "h", delay=1)
+    short, long = net.unroll(2), net.unroll(5)
+    tg.save_params(short.graph, tmp_path / "p.npz")
+    saved = {k: v.copy() for k, v in net.weights.items()}
+    for v in net.weights.values():
+        v += 1.0
+    tg.load_params(long.graph, tmp_path / "p.npz", strict=False)
+    for k, v in saved.items():
+        np.testing.assert_array_equal(net.weights[k], v)

@@ -192,11 +192,13 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         for node in plan.inputs:
             _check_value(node, values)
     _run_steps(plan.steps if check_finite else plan.fast_steps, values, bstore, {}, nodes, check_finite)
-    if not check_finite:
+    if not check_finite and plan.droppable:
+        fed_arrays = [v for v in feeds.values() if type(v) is np.ndarray]
+        copies = {}  # a caller's memory read by a dropped output (_memory_key) -> the run's copy of it
         for bid in plan.droppable:
             got = bstore.get(bid)
             if got is not None and got[0].nbytes >= DROP_MIN_BYTES:
-                _drop_output(plan.batches[bid], values, bstore)
+                _drop_output(plan.batches[bid], values, bstore, fed_arrays, copies)
     return Activations(graph, plan, values, bstore, copied)
 
 
@@ -212,11 +214,21 @@ def _place_params(plan, values, feeds):
     than the feeds are not copied: the run then reads the live arrays, answers only while no
     param has been written since (graph.note_param_write) and refuses otherwise.  True when
     copied."""
-    arrays = [(node.value, idx) for node, idx in plan.param_arrays]
-    size = sum(a.nbytes for a, _ in arrays)
+    arrays = []
+    for ns, idx in plan.param_arrays:
+        a = ns[0].value
+        if all(map(is_, map(attrgetter("value"), ns), repeat(a))):  # (in C)
+            arrays.append((a, idx))
+        else:  # a param's array was replaced since the plan was made: each its own
+            arrays += [(n.value, (n.index,)) for n in ns]
+    size = sum(a.nbytes for a in {id(a): a for a, _ in arrays}.values())
     copied = size <= PARAMS_COPIED_UP_TO or size <= sum(getattr(v, "nbytes", 0) for v in feeds.values())
+    copies = {}
     for a, idx in arrays:
-        deque(map(values.__setitem__, idx, repeat(a.copy(order="K") if copied else a)), 0)
+        c = copies.get(id(a))
+        if c is None:
+            c = copies[id(a)] = a.copy(order="K") if copied else a
+        deque(map(values.__setitem__, idx, repeat(c)), 0)
     return copied
 
 
@@ -238,20 +250,33 @@ def _copies_as_is(v):
     return type(v) is np.ndarray and (v.flags.c_contiguous or v.flags.f_contiguous)
 
 
-def _drop_output(b, values, bstore):
+def _memory_key(a):
+    """What two views of the same numbers have in common (two batches may each view a fed
+    array anew): where they start, their shape, strides and dtype."""
+    return a.__array_interface__["data"][0], a.shape, a.strides, a.dtype.str
+
+
+def _drop_output(b, values, bstore, fed_arrays, copies):
     """Let go of batch b's stacked output (Plan.droppable) when copies of the caller's arrays it
-    is made again from (fed inputs and views of them, which the caller may refill) take at
-    most KEEP_SHARE of it; its params are the run's own copies (_copy_params).  What backward
-    reads in its place has its shape and dtype and no memory (its VJPs do not read it), and
-    so do the members' values, which Activations.value makes again when asked."""
+    is made again from (operands that may be fed inputs or views of them, Batch.caller_operands,
+    and do share memory with an array fed to this run: the caller may refill those) take at
+    most KEEP_SHARE of it (``copies``: made once a run per array); its params are the run's
+    own copies (_place_params).  What backward reads in its place has its shape and dtype and
+    no memory (its VJPs do not read it), and so do the members' values, which
+    Activations.value makes again when asked."""
     out, args = bstore[b.id]
-    caller = b.caller_operands
-    if (KEEP_SHARE * out.size < sum(args[pos].size for pos in caller)
+    caller = [pos for pos in b.caller_operands
+              if any(np.may_share_memory(args[pos], f) for f in fed_arrays)]  # (a stack made here is the run's)
+    keys = {pos: _memory_key(args[pos]) for pos in caller}
+    if (KEEP_SHARE * out.size < sum(args[pos].size for pos in caller if keys[pos] not in copies)
             or not all(_copies_as_is(args[pos]) for pos in caller)):
         return
     args = list(args)
     for pos in caller:
-        args[pos] = args[pos].copy(order="K")
+        c = copies.get(keys[pos])
+        if c is None:
+            c = copies[keys[pos]] = args[pos].copy(order="K")
+        args[pos] = c
     stand_in = _stand_in(out.shape, out.dtype)
     bstore[b.id] = (stand_in, args)
     bstore.setdefault(DROPPED, {})[b.id] = True  # (True while let go; its operands stay the run's copies)
@@ -426,7 +451,7 @@ class Activations:
         self.plan = plan
         self._values = values
         self._bstore = bstore or {}
-        self._params_copied = params_copied  # (autodiff._copy_params: else the live params, while unwritten)
+        self._params_copied = params_copied  # (autodiff._place_params: else the live params, while unwritten)
         self._writes = param_writes()
 
     def value(self, i):
@@ -500,13 +525,20 @@ class Activations:
         return self._values[self._node(key).index]
 
     def computed(self, node):
-        """``node in self`` for a Node, without the name lookup and error of ``__contains__``
-        (nor making a dropped batch output again to say so)."""
+        """``node in self`` for a Node, without the name lookup and error of ``__contains__``,
+        and without making anything (value() would) or reading a param to say so."""
         if node.graph is not self.graph:
             return False
-        dropped = self._bstore.get(DROPPED)
-        mb = self.plan.member_of.get(node.index) if dropped else None
-        return (mb is not None and mb[0] in dropped) or self.value(node.index) is not None
+        i = node.index
+        if i < len(self._values) and self._values[i] is not None:
+            return True
+        mb = self.plan.member_of.get(i)
+        if mb is not None:
+            return mb[0] in self._bstore  # (its batch ran whole: a row of its output, or made again)
+        if i in self.plan.recompute:
+            return True
+        fr = self.plan.fed_rows.get(i)
+        return fr is not None and fr[0] in self._bstore.get(FED, {})
 
     def __contains__(self, key):
         try:

@@ -123,8 +123,10 @@ class Graph:
         return self._add_node("param", (), arr.shape, {}, _check_name(name), value=arr, dtype=arr.dtype)
 
     def const(self, value, name=None):
-        """A constant (lifted automatically when a Python number or array meets a node)."""
-        arr = _as_float_array(value, f"const '{name or 'const'}'")
+        """A constant (lifted automatically when a Python number or array meets a node): the
+        graph's own read-only copy, so that writing the array given changes no run's numbers."""
+        arr = np.array(_as_float_array(value, f"const '{name or 'const'}'"), copy=True)
+        arr.flags.writeable = False
         return self._add_node("const", (), arr.shape, {}, name, value=arr, dtype=arr.dtype)
 
     # ------------------------------------------------------------ lookup

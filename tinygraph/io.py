@@ -235,32 +235,51 @@ def load_params(graph, path, strict=True):
     note_param_write()
     for name, arr in values.items():
         params[name].value[...] = arr
-    broken = {names: res for names, res in graph.constraints.residuals().items() if res > CONSTRAINT_TOL}
+    broken = _broken_constraint(graph, {id(params[name]) for name in values})
     if broken:  # put the values back: a graph's constraints hold after any call that returns
         for name, arr in saved.items():
             params[name].value[...] = arr
-        (names, res), = list(broken.items())[:1]
-        raise _reject(path, f"the values would break the constraint over {list(names)} of graph '{graph.name}' "
-                            f"(relative residual {res:.3g} > {CONSTRAINT_TOL:g})",
+        names, res, tol = broken
+        raise _reject(path, f"the values would break the constraint over {names} of graph '{graph.name}' "
+                            f"(relative residual {res:.3g} > {tol:.3g})",
                       "save and load the params of a graph with the same constraints, or load into a graph "
                       "without them and add the constraints with project_init=True")
     return sorted(values)
 
 
+def _broken_constraint(graph, loaded):
+    """(names, residual, tolerance) of a constraint system over a loaded param that its new
+    values break, or None.  The tolerance is the constraints' own (1e-9 relative), or what
+    the params' float type can hold (float32: about 1e-4 at most), whichever is larger."""
+    for system in graph.constraints.systems:
+        members = [m for v in system.variables for m in v.members]
+        if not any(id(m) in loaded for m in members):
+            continue
+        tol = max(CONSTRAINT_TOL, 1e3 * max(np.finfo(m.value.dtype).eps for m in members))
+        res = system.residual()
+        if res > tol:
+            return system.names(), res, tol
+    return None
+
+
 def _refuse_broken_ties(graph, path, params, values):
-    """Params that hold one value must get one: the members of a tie group, and params that
-    share one array (the last write would win).  The file's values for them must agree with
-    each other and with the members the file does not hold."""
-    groups = [[m for m in tie.members if m.name in params] for tie in graph.constraints.ties]
-    by_array = {}
+    """Params that hold one value must get one.  Params sharing one array: the file's values
+    for them must agree (the last write would win).  A tie group: what each of its arrays
+    will hold (the file's value for a member holding it, else its current value) must agree."""
+    def refuse(a, b):
+        raise _reject(path, f"params '{a}' and '{b}' hold one value in graph '{graph.name}' (tied, or one "
+                            f"array) but the values to load differ",
+                      "save the params of a graph with the same ties (tied copies hold one value)")
+    will_hold = {}  # id(array) -> (a param's name, the value the array will hold)
     for p in params.values():
-        by_array.setdefault(id(p.value), []).append(p)
-    groups += [ps for ps in by_array.values() if len(ps) > 1]
-    for members in groups:
-        got = [(m.name, values[m.name] if m.name in values else m.value) for m in members]
-        first_name, first = got[0]
-        for name, arr in got[1:]:
-            if not np.array_equal(arr, first):
-                raise _reject(path, f"params '{first_name}' and '{name}' hold one value in graph '{graph.name}' "
-                                    f"(tied, or one array) but the values to load differ",
-                              "save the params of a graph with the same ties (tied copies hold one value)")
+        if p.name in values:
+            got = will_hold.get(id(p.value))
+            if got is None:
+                will_hold[id(p.value)] = (p.name, values[p.name])
+            elif not np.array_equal(got[1], values[p.name]):
+                refuse(got[0], p.name)
+    for tie in graph.constraints.ties:
+        held = [will_hold.get(id(m.value), (m.name, m.value)) for m in tie.members if m.name in params]
+        for name, arr in held[1:]:
+            if not np.array_equal(arr, held[0][1]):
+                refuse(held[0][0], name)

@@ -557,7 +557,9 @@ def _normalize_index(idx):
         if isinstance(i, Node):
             raise NodeTypeError("indexing with a node is not supported: index with ints, slices or integer arrays")
         if isinstance(i, (list, np.ndarray)):
-            arr = np.asarray(i) if len(i) else np.zeros(0, dtype=np.intp)  # ([]: numpy's empty selection)
+            arr = np.asarray(i)
+            if arr.size == 0 and arr.ndim == 1:
+                arr = np.zeros(0, dtype=np.intp)  # ([]: numpy's empty selection)
             if arr.dtype == bool:
                 raise NodeTypeError("boolean-mask indexing is not supported (its shape is not static): "
                                     "use np.flatnonzero(mask) as an integer index")
@@ -644,6 +646,10 @@ def _ce_forward(logits, labels):
 
 def _ce_shape(ls, lab):
     if len(lab) == len(ls):
+        if lab and ls and None not in (lab[-1], ls[-1]) and lab[-1] != ls[-1]:
+            raise S.ShapeMismatch(
+                f"labels {S.fmt(lab)} of the logits' rank are one-hot rows or probabilities and need "
+                f"{ls[-1]} classes on the last axis; class indices go as shape {S.fmt(ls[:-1])}")
         S.broadcast(ls, lab)
     elif len(lab) == len(ls) - 1:
         S.broadcast(ls[:-1], lab)

@@ -374,13 +374,13 @@ class Plan:
         self.source_indices = [n.index for n in self.source_nodes]
         self.const_nodes = [n for n in self.source_nodes if n.op == "const"]
         self.const_indices = [n.index for n in self.const_nodes]
-        # the params' arrays, each as (a param holding it, the params that hold it: T tied
+        # the params' arrays, each with the params that held it when the plan was made (T tied
         # copies share one): a run works on its own copy of each (autodiff._place_params)
         by_array = {}
         for n in self.source_nodes:
             if n.op == "param":
-                by_array.setdefault(id(n.value), (n, []))[1].append(n.index)
-        self.param_arrays = tuple((first, tuple(idx)) for first, idx in by_array.values())
+                by_array.setdefault(id(n.value), []).append(n)
+        self.param_arrays = tuple((tuple(ns), tuple(n.index for n in ns)) for ns in by_array.values())
         self.param_views = _views_of(nodes, needed, "param")  # what a run's uncopied params show through
         for kind, ref in units:
             if kind == "b":

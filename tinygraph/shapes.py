@@ -137,20 +137,19 @@ def concat(shapes, axis):
 _SENTINELS = (10007, 10009, 2, 1, 0)
 
 
+_LARGEST_SENTINEL = 1 << 40  # (an int index past this on an unknown axis: its size is refused)
+
+
 def _largest_int(idx):
-    """The largest magnitude of an int in an index (ints, slice bounds, integer arrays)."""
+    """The largest magnitude of an int index or integer-array entry in ``idx`` (slices clip,
+    so the fixed sentinels decide them), at most _LARGEST_SENTINEL."""
     top = 0
     for i in idx if isinstance(idx, tuple) else (idx,):
-        if isinstance(i, slice):
-            vals = [v for v in (i.start, i.stop) if v is not None]
-        elif isinstance(i, np.ndarray):
-            vals = [int(np.abs(i).max())] if i.size else []
-        elif isinstance(i, (int, np.integer)):
-            vals = [i]
-        else:
-            vals = []
-        top = max([top] + [abs(int(v)) for v in vals])
-    return top
+        if isinstance(i, np.ndarray) and i.size and i.dtype.kind in "iu":
+            top = max(top, int(np.abs(i).max()))
+        elif isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)):
+            top = max(top, abs(int(i)))
+    return min(top, _LARGEST_SENTINEL)
 
 
 def index(shape, idx):
