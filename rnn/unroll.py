@@ -39,6 +39,10 @@ class Emitted:
         self.feed_at = {}  # input node index -> (group, step, units or None for all): what it feeds
         self._records = None  # self.feeds grouped by record (see feed_dict)
         self._initials = {}  # group -> the Group.initial its constant initial state was made from
+        # what emitting it again needs (the arrays only for their rank and presence: empty ones)
+        self.structure = ([(g, s, u, np.empty((0,) * np.ndim(v))) for g, s, u, v in clamps],
+                          [(g, s, u, np.empty((0,) * np.ndim(v)), None if m is None else np.empty(0), loss)
+                           for g, s, u, v, m, loss in targets], truncate)
         self.cut = None if truncate is None else T - truncate
         order = net.group_order()
 
@@ -289,9 +293,12 @@ class Unrolled:
 
     @property
     def _current(self):
-        """The latest emitted graph (before any run: the one without clamps or targets)."""
+        """The latest emitted graph (before any run: the one without clamps or targets),
+        emitted again with the same structure when the net changed since."""
         if self._latest is None:
             self._latest = self._emit([], [], None)
+        elif not self._latest.storage_current():
+            self._latest = self._emit(*self._latest.structure)
         return self._latest
 
     def _emit(self, clamps, targets, truncate):

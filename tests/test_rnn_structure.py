@@ -517,3 +517,19 @@ def test_check_equivalence_default_targets_leave_clamped_units_alone():
     for clamps in (every, some):
         rep = rnn.check_equivalence(net, 3, clamps)
         assert rep.passed, rep
+
+
+def test_the_latest_graph_follows_the_net_before_the_next_run():
+    net = rnn.RecurrentNet("later", seed=0)
+    net.add_group("h", 2, activation="tanh", initial=0.5)
+    ff = net.unroll(2)
+    ff.run([], [rnn.Target("h", np.zeros((2, 3, 2)), steps="all")])
+    first = ff.graph
+    net.set_initial("h", 0.9)
+    net.add_group("k", 1, activation="linear", bias=False)
+    assert ff.graph is not first and set(ff.layer(1)) == {"h", "k"}
+    assert "target[h@t1]" in ff.graph  # the same clamps and targets as the latest run
+    init = ff.layer(0)["h"]
+    np.testing.assert_array_equal(ff.graph.forward({"batch": np.empty((3, 0)), **{
+        n.name: np.zeros((3, 2)) for n in ff.graph.inputs if n.name.startswith("target")}})[init],
+        np.full((3, 2), 0.9))
