@@ -192,12 +192,13 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
         for node in plan.inputs:
             _check_value(node, values)
     _run_steps(plan.steps if check_finite else plan.fast_steps, values, bstore, {}, nodes, check_finite)
-    if not check_finite and plan.droppable:
-        fed_arrays = [v for v in feeds.values() if type(v) is np.ndarray]
-        copies = {}  # a caller's memory read by a dropped output (_memory_key) -> the run's copy of it
+    if not check_finite:
+        copies = None  # a caller's memory read by a dropped output (_memory_key) -> the run's copy of it
         for bid in plan.droppable:
             got = bstore.get(bid)
             if got is not None and got[0].nbytes >= DROP_MIN_BYTES:
+                if copies is None:
+                    copies, fed_arrays = {}, [v for v in feeds.values() if type(v) is np.ndarray]
                 _drop_output(plan.batches[bid], values, bstore, fed_arrays, copies)
     return Activations(graph, plan, values, bstore, copied)
 
@@ -214,21 +215,19 @@ def _place_params(plan, values, feeds):
     than the feeds are not copied: the run then reads the live arrays, answers only while no
     param has been written since (graph.note_param_write) and refuses otherwise.  True when
     copied."""
-    arrays = []
-    for ns, idx in plan.param_arrays:
-        a = ns[0].value
-        if all(map(is_, map(attrgetter("value"), ns), repeat(a))):  # (in C)
-            arrays.append((a, idx))
-        else:  # a param's array was replaced since the plan was made: each its own
-            arrays += [(n.value, (n.index,)) for n in ns]
-    size = sum(a.nbytes for a in {id(a): a for a, _ in arrays}.values())
+    value = attrgetter("value")
+    arrays = list(map(value, plan.param_firsts))
+    group_of = plan.param_group_of
+    if not all(map(is_, map(value, plan.param_nodes), map(arrays.__getitem__, group_of))):  # (in C)
+        # a param's array was replaced since the plan was made: group the params anew
+        ids = {}
+        group_of = [ids.setdefault(id(n.value), len(ids)) for n in plan.param_nodes]
+        arrays = list({id(n.value): n.value for n in plan.param_nodes}.values())
+    size = sum(a.nbytes for a in arrays)
     copied = size <= PARAMS_COPIED_UP_TO or size <= sum(getattr(v, "nbytes", 0) for v in feeds.values())
-    copies = {}
-    for a, idx in arrays:
-        c = copies.get(id(a))
-        if c is None:
-            c = copies[id(a)] = a.copy(order="K") if copied else a
-        deque(map(values.__setitem__, idx, repeat(c)), 0)
+    if copied:
+        arrays = [a.copy(order="K") for a in arrays]
+    deque(map(values.__setitem__, plan.param_indices, map(arrays.__getitem__, group_of)), 0)
     return copied
 
 

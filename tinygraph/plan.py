@@ -374,13 +374,16 @@ class Plan:
         self.source_indices = [n.index for n in self.source_nodes]
         self.const_nodes = [n for n in self.source_nodes if n.op == "const"]
         self.const_indices = [n.index for n in self.const_nodes]
-        # the params' arrays, each with the params that held it when the plan was made (T tied
-        # copies share one): a run works on its own copy of each (autodiff._place_params)
-        by_array = {}
-        for n in self.source_nodes:
-            if n.op == "param":
-                by_array.setdefault(id(n.value), []).append(n)
-        self.param_arrays = tuple((tuple(ns), tuple(n.index for n in ns)) for ns in by_array.values())
+        # the params, grouped by the array they held when the plan was made (T tied copies share
+        # one): a run works on its own copy of each array (autodiff._place_params)
+        self.param_nodes = tuple(n for n in self.source_nodes if n.op == "param")
+        self.param_indices = tuple(n.index for n in self.param_nodes)
+        group = {}
+        self.param_group_of = tuple(group.setdefault(id(n.value), len(group)) for n in self.param_nodes)
+        firsts = {}
+        for n, k in zip(self.param_nodes, self.param_group_of):
+            firsts.setdefault(k, n)
+        self.param_firsts = tuple(firsts[k] for k in range(len(firsts)))  # a param of each array
         self.param_views = _views_of(nodes, needed, "param")  # what a run's uncopied params show through
         for kind, ref in units:
             if kind == "b":
