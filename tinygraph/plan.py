@@ -384,7 +384,6 @@ class Plan:
         for n, k in zip(self.param_nodes, self.param_group_of):
             firsts.setdefault(k, n)
         self.param_firsts = tuple(firsts[k] for k in range(len(firsts)))  # a param of each array
-        self.param_views = _views_of(nodes, needed, "param")  # what a run's uncopied params show through
         for kind, ref in units:
             if kind == "b":
                 steps.append((BATCH, self.batches[ref]))
@@ -436,6 +435,7 @@ class Plan:
         for frag in self.lean_fragments:
             self.recompute.update(frag.chain.recompute)
         self._consumers = None
+        self._param_views = None
         self.droppable = self._droppable(batches)
         fed_views = _views_of(nodes, needed, "input")
         for b in batches:
@@ -469,6 +469,14 @@ class Plan:
                         ok[bid] = False
         return tuple(bid for bid, good in ok.items()
                      if good and all(m in read for m in self.batches[bid].members))
+
+    @property
+    def param_views(self):
+        """The params and the nodes whose value may be a view of one: what a run that did not
+        copy its params shows of the live arrays (made when first asked: only such runs do)."""
+        if self._param_views is None:
+            self._param_views = _views_of(self.graph.nodes, [n.index for n in self.order], "param")
+        return self._param_views
 
     def consumers(self, index):
         """[(consumer index, input position)] of node ``index`` within this plan."""
