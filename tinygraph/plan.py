@@ -39,6 +39,13 @@ NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its r
 VIEW_OPS = frozenset({"identity", "stop_gradient", "getitem", "reshape", "transpose", "broadcast_like"})
 
 
+def _viewed(node):
+    """The node whose array ``node``'s value may be (a view of): followed through VIEW_OPS."""
+    while node.op in VIEW_OPS:
+        node = node.inputs[0]
+    return node
+
+
 def _views_of(nodes, order, source_op):
     """Indices in ``order`` of the nodes of op ``source_op`` and of those whose value may be a
     view of one (VIEW_OPS over it)."""
@@ -437,15 +444,14 @@ class Plan:
         self._consumers = None
         self._param_views = None
         self.droppable = self._droppable(batches)
-        fed_views = _views_of(nodes, needed, "input")
         for b in batches:
             # operands that may be the caller's arrays (fed inputs, or views of them, stacked or
             # read whole): a run copies them before it lets go of what is made again from them
             # (the caller may refill them)
             b.caller_operands = tuple(
                 pos for pos, (kind, ref) in enumerate(b.inputs) if b.fed[pos]
-                or (kind in ("shared", "tied") and (ref if kind == "shared" else ref[0]) in fed_views)
-                or (kind == "stack" and any(j in fed_views for j in ref)))
+                or (kind in ("shared", "tied") and _viewed(nodes[ref if kind == "shared" else ref[0]]).op == "input")
+                or (kind == "stack" and any(_viewed(nodes[j]).op == "input" for j in ref)))
 
     def _droppable(self, batches):
         """Batches whose stacked output a fast run lets go once forward is done (an unrolled
