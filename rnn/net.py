@@ -107,18 +107,15 @@ class RecurrentNet:
         return group
 
     def set_initial(self, name, initial):
-        """Change a group's initial state (see add_group)."""
+        """Change a group's initial state (see add_group); nothing changes when it is refused."""
         group = self.group(name)
-        self.weights.pop(f"init:{name}", None)
         if initial is None or (isinstance(initial, str) and initial == "zero"):
-            group.initial = None if initial is None else 0.0
+            value = None if initial is None else 0.0
         elif isinstance(initial, str):
             if initial != "learned":
                 raise NetError(f"group '{name}': initial must be None, 'zero', a number, an array or "
                                f"'learned', got {initial!r}")
-            group.initial = "learned"
-            # a small random start, as the lecture suggests, around the unit's resting value
-            self.weights[f"init:{name}"] = group.default_initial() + 0.1 * self._rng.standard_normal(group.size)
+            value = "learned"
         else:
             if isinstance(initial, (bool, np.bool_)):
                 raise NetError(f"group '{name}': initial must be a number, an array, 'zero' or 'learned', not a bool")
@@ -132,7 +129,12 @@ class RecurrentNet:
                                f"got {arr.shape}")
             if not np.all(np.isfinite(arr)):
                 raise NetError(f"group '{name}': the initial state must be finite")
-            group.initial = float(arr) if arr.ndim == 0 else arr.copy()
+            value = float(arr) if arr.ndim == 0 else arr.copy()
+        self.weights.pop(f"init:{name}", None)
+        group.initial = value
+        if isinstance(value, str):  # "learned"
+            # a small random start, as the lecture suggests, around the unit's resting value
+            self.weights[f"init:{name}"] = group.default_initial() + 0.1 * self._rng.standard_normal(group.size)
 
     def connect(self, src, dst, delay=None, weight=None, scale=1.0, name=None):
         """Connect group ``src`` to group ``dst`` with a delay of ``delay`` steps.

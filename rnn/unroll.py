@@ -244,9 +244,9 @@ class RunResult:
                 raise DataError("this run had no targets, so there is no loss and no gradient")
             cs = self.graph.constraints
             out = {}
-            for name, arr in self.unrolled.net.weights.items():
-                copies = self.emitted.copies[name]
-                out[name] = cs.raw_variable_grad(cs.variable(copies[0]), self.grads) if copies else np.zeros_like(arr)
+            for name, copies in self.emitted.copies.items():  # (the weights this run's graph had)
+                out[name] = (cs.raw_variable_grad(cs.variable(copies[0]), self.grads) if copies
+                             else np.zeros_like(self.unrolled.net.weights.get(name)))
             self._weight_grads = out
         return self._weight_grads
 

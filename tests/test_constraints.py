@@ -701,3 +701,14 @@ def test_dependent_constraints_whose_right_hand_side_is_rounding_noise_are_consi
     C = np.vstack([rows, cols])  # (exactly dependent: both sum to the total)
     g.constrain({W: C}, rhs=C @ A.reshape(-1))
     assert list(g.constraints.residuals().values())[0] < 1e-12
+
+
+def test_contradicting_constraints_on_one_entry_of_a_large_weight_are_refused():
+    rng = np.random.default_rng(0)
+    g = tg.Graph("large")
+    W = g.param("W", 1e3 * rng.standard_normal((30, 30)))
+    e00 = np.zeros((1, W.value.size))
+    e00[0, 0] = 1.0
+    g.constrain({W: e00}, rhs=[0.0], project_init=True)
+    with pytest.raises(tg.GraphError, match="inconsistent"):
+        g.constrain({W: e00}, rhs=[1e-4], project_init=True)  # W[0,0] = 0 and W[0,0] = 1e-4

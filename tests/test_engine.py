@@ -987,3 +987,45 @@ def test_what_a_run_stored_is_answered_after_a_write_even_when_it_did_not_copy_i
         np.testing.assert_array_equal(v, want[k])
     with pytest.raises(tg.GraphError, match="written since"):
         acts[Ws[0]]
+
+
+def test_params_given_other_arrays_after_the_plan_are_planned_again():
+    """Untied params on one array are one source of a summed step and one optimizer storage;
+    given another array later, a param is read, summed and stepped as its own."""
+    rng = np.random.default_rng(0)
+    T = 6
+    g = tg.Graph("rebound")
+    bias = np.ones(4)
+    xs = [g.input(f"x{t}", (None, 4)) for t in range(T)]
+    W, U = g.param("W", 0.1 * rng.standard_normal((4, 4))), g.param("U", 0.1 * rng.standard_normal((4, 4)))
+    bs = [g.param(f"b{t}", bias) for t in range(T)]
+    h, outs = tg.tanh(xs[0] @ W), []
+    for t in range(1, T):
+        h = tg.tanh(tg.add_n([xs[t] @ W, bs[t], h @ U]))
+        outs.append(h)
+    loss = tg.sum(tg.add_n(outs))
+    feeds = {f"x{t}": rng.standard_normal((5, 4)) for t in range(T)}
+    g.forward(feeds)
+    bs[3].value = np.full(4, -2.0)
+    assert float(g.forward(feeds)[loss]) == pytest.approx(float(g.forward(feeds, batch=False)[loss]), rel=1e-12)
+    opt = tg.SGD([W], lr=0.1)
+    opt.step(g.forward(feeds).backward(loss))
+    W.value = np.zeros((4, 4))
+    want = -0.1 * np.asarray(g.forward(feeds).backward(loss)[W])
+    opt.step(g.forward(feeds).backward(loss))
+    np.testing.assert_allclose(W.value, want, rtol=1e-12)  # the step went to the new array
+
+
+def test_an_array_met_again_shares_its_const():
+    rng = np.random.default_rng(0)
+    g = tg.Graph("lifted")
+    M = rng.standard_normal((8, 8))
+    h = g.input("h", (None, 8))
+    for _ in range(5):
+        h = tg.tanh(h @ M)
+    consts = [n for n in g.nodes if n.op == "const"]
+    assert len(consts) == 5 and all(c.value is consts[0].value for c in consts)
+    M[0, 0] += 1.0  # changed: met again, it gets a copy of its own
+    tg.tanh(h @ M)
+    newest = [n for n in g.nodes if n.op == "const"][-1]
+    assert newest.value is not consts[0].value and newest.value[0, 0] == M[0, 0]

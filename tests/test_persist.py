@@ -667,3 +667,26 @@ def test_load_params_partly_into_a_longer_unroll_of_the_same_net(tmp_path):
     tg.load_params(long.graph, tmp_path / "p.npz", strict=False)
     for k, v in saved.items():
         np.testing.assert_array_equal(net.weights[k], v)
+
+
+def test_load_params_checks_the_constraints_of_every_array_it_writes(tmp_path):
+    g = tg.Graph("g")
+    S = np.eye(3)
+    g.param("P", S)                      # unconstrained ...
+    Q = g.param("Q", S)                  # ... on the array of a constrained param
+    g.constrain_symmetric(Q)
+    src = tg.Graph("g")
+    src.param("P", np.arange(9.0).reshape(3, 3))
+    tg.save_params(src, tmp_path / "p.npz")
+    with pytest.raises(tgio.PersistError, match=r"break the constraint over \['Q'\]"):
+        tg.load_params(g, tmp_path / "p.npz", strict=False)
+    assert np.array_equal(S, np.eye(3))
+
+
+def test_load_params_judges_a_float16_constraint_at_float16_precision(tmp_path):
+    g = tg.Graph("g")
+    W = g.param("W", np.eye(2, dtype=np.float16))
+    g.constrain_symmetric(W)
+    np.savez(tmp_path / "p.npz", W=np.array([[1.0, 0.5], [0.0, 1.0]], dtype=np.float16))
+    with pytest.raises(tgio.PersistError, match="break the constraint"):
+        tg.load_params(g, tmp_path / "p.npz")

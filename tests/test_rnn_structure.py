@@ -533,3 +533,25 @@ def test_the_latest_graph_follows_the_net_before_the_next_run():
     np.testing.assert_array_equal(ff.graph.forward({"batch": np.empty((3, 0)), **{
         n.name: np.zeros((3, 2)) for n in ff.graph.inputs if n.name.startswith("target")}})[init],
         np.full((3, 2), 0.9))
+
+
+def test_a_refused_set_initial_leaves_a_learned_state_and_its_weight():
+    net = rnn.RecurrentNet("keep", seed=0)
+    net.add_group("h", 3, activation="tanh", initial="learned")
+    before = net.weights["init:h"].copy()
+    with pytest.raises(rnn.NetError, match=r"shape \(3,\)"):
+        net.set_initial("h", [1.0, 2.0])
+    assert net.groups["h"].initial == "learned" and np.array_equal(net.weights["init:h"], before)
+    net.unroll(2).run([], [rnn.Target("h", np.zeros((2, 1, 3)), steps="all")])
+
+
+def test_weight_grads_of_a_run_after_the_net_grew():
+    net = rnn.RecurrentNet("grew", seed=0)
+    net.add_group("x", 2, role="input")
+    net.add_group("h", 3, activation="tanh")
+    net.connect("x", "h", delay=1)
+    rng = np.random.default_rng(0)
+    out = net.unroll(3).run([rnn.Clamp("x", rng.standard_normal((3, 2, 2)))],
+                            [rnn.Target("h", rng.standard_normal((1, 2, 3)), steps="final")])
+    net.connect("h", "h", delay=1)
+    assert sorted(out.weight_grads) == ["bias:h", "x->h"]

@@ -48,6 +48,12 @@ def compile_plan(graph, outputs=None, batch=None):
     key = (len(graph.nodes), graph.constraints.version, batch,
            None if roots is None else tuple(sorted(r.index for r in roots)))
     plan = graph._plans.get(key)
+    if plan is not None and not plan.params_current():
+        # a param's array was replaced since: the plan grouped params by the arrays they held
+        # (batches, summed steps, one copy per array), and the ties' variables did too
+        graph._plans.clear()
+        graph.constraints._rebuild()
+        return compile_plan(graph, outputs, batch)
     if plan is None:
         if len(graph._plans) > 32:
             graph._plans.clear()
@@ -215,19 +221,12 @@ def _place_params(plan, values, feeds):
     than the feeds are not copied: the run then reads the live arrays, answers only while no
     param has been written since (graph.note_param_write) and refuses otherwise.  True when
     copied."""
-    value = attrgetter("value")
-    arrays = list(map(value, plan.param_firsts))
-    group_of = plan.param_group_of
-    if not all(map(is_, map(value, plan.param_nodes), map(arrays.__getitem__, group_of))):  # (in C)
-        # a param's array was replaced since the plan was made: group the params anew
-        ids = {}
-        group_of = [ids.setdefault(id(n.value), len(ids)) for n in plan.param_nodes]
-        arrays = list({id(n.value): n.value for n in plan.param_nodes}.values())
+    arrays = list(map(attrgetter("value"), plan.param_firsts))  # (compile_plan checked the grouping)
     size = sum(a.nbytes for a in arrays)
     copied = size <= PARAMS_COPIED_UP_TO or size <= sum(getattr(v, "nbytes", 0) for v in feeds.values())
     if copied:
         arrays = [a.copy(order="K") for a in arrays]
-    deque(map(values.__setitem__, plan.param_indices, map(arrays.__getitem__, group_of)), 0)
+    deque(map(values.__setitem__, plan.param_indices, map(arrays.__getitem__, plan.param_group_of)), 0)
     return copied
 
 

@@ -134,12 +134,13 @@ class _System:
         self.basis = Vt[:rank]  # orthonormal basis of the row space
         self.pinv = (Vt[:rank].T / s[:rank]) @ U[:, :rank].T  # of the scaled rows
         x_ls = self.pinv @ self.dn
-        miss = float(np.linalg.norm(self.An @ x_ls - self.dn))
-        # relative to the problem's scale: the right-hand side, or the values it constrains
-        # (a right-hand side of rounding noise around zero is consistent at their scale)
-        scale = max(float(np.linalg.norm(self.dn)), float(np.linalg.norm(self.flat({v: v.value for v in variables}))),
-                    np.finfo(float).tiny)
-        if miss > 1e-8 * scale:
+        miss = np.abs(self.An @ x_ls - self.dn)
+        # each row against its own scale: its right-hand side, or the values it weighs (a
+        # right-hand side of rounding noise around zero is consistent at their scale)
+        x = np.abs(self.flat({v: v.value for v in variables}))
+        scale = np.maximum(np.maximum(np.abs(self.dn), np.abs(self.An) @ x), np.finfo(float).tiny)
+        if np.any(miss > 1e-8 * scale):
+            miss = float(np.linalg.norm(miss))
             raise ConstraintError(
                 f"the linear constraints over {names} are inconsistent: no values satisfy all of them "
                 f"(least-squares residual {miss:.3g}, rows scaled to norm 1); remove or fix one")

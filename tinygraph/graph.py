@@ -75,6 +75,7 @@ class Graph:
         self._shapes = {}  # one tuple per distinct shape, shared by the nodes of that shape
         self._auto = itertools.count()
         self._plans = {}
+        self._const_copies = {}  # id(an array given to const) -> (that array, the graph's copy of it)
         from .constraints import ConstraintSet
         self.constraints = ConstraintSet(self)
 
@@ -124,9 +125,18 @@ class Graph:
 
     def const(self, value, name=None):
         """A constant (lifted automatically when a Python number or array meets a node): the
-        graph's own read-only copy, so that writing the array given changes no run's numbers."""
-        arr = np.array(_as_float_array(value, f"const '{name or 'const'}'"), copy=True)
-        arr.flags.writeable = False
+        graph's own read-only copy, so that writing the array given changes no run's numbers;
+        an array met again, unchanged, shares its copy (one copy, and consts that share an
+        array are what batching and summed steps recognise as one)."""
+        given = _as_float_array(value, f"const '{name or 'const'}'")
+        got = self._const_copies.get(id(given))
+        if got is not None and got[0] is given and got[1].shape == given.shape and np.array_equal(got[1], given):
+            arr = got[1]
+        else:
+            arr = np.array(given, copy=True)
+            arr.flags.writeable = False
+            if given.size > 1:  # (numbers are lifted anew each time: not worth keeping)
+                self._const_copies[id(given)] = (given, arr)
         return self._add_node("const", (), arr.shape, {}, name, value=arr, dtype=arr.dtype)
 
     # ------------------------------------------------------------ lookup

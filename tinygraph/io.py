@@ -235,7 +235,7 @@ def load_params(graph, path, strict=True):
     note_param_write()
     for name, arr in values.items():
         params[name].value[...] = arr
-    broken = _broken_constraint(graph, {id(params[name]) for name in values})
+    broken = _broken_constraint(graph, {id(params[name].value) for name in values})
     if broken:  # put the values back: a graph's constraints hold after any call that returns
         for name, arr in saved.items():
             params[name].value[...] = arr
@@ -247,15 +247,16 @@ def load_params(graph, path, strict=True):
     return sorted(values)
 
 
-def _broken_constraint(graph, loaded):
-    """(names, residual, tolerance) of a constraint system over a loaded param that its new
-    values break, or None.  The tolerance is the constraints' own (1e-9 relative), or what
-    the params' float type can hold (float32: about 1e-4 at most), whichever is larger."""
+def _broken_constraint(graph, written):
+    """(names, residual, tolerance) of a constraint system over a written array (``written``:
+    their ids) that the new values break, or None.  The tolerance is the constraints' own
+    (1e-9 relative), or what the params' float type can hold (100 eps: float32 1.2e-5),
+    whichever is larger."""
     for system in graph.constraints.systems:
         members = [m for v in system.variables for m in v.members]
-        if not any(id(m) in loaded for m in members):
+        if not any(id(m.value) in written for m in members):
             continue
-        tol = max(CONSTRAINT_TOL, 1e3 * max(np.finfo(m.value.dtype).eps for m in members))
+        tol = max(CONSTRAINT_TOL, 100 * max(np.finfo(m.value.dtype).eps for m in members))
         res = system.residual()
         if res > tol:
             return system.names(), res, tol

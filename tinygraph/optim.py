@@ -11,6 +11,7 @@ wipe out rounding drift.
 """
 
 import math
+from operator import attrgetter, is_
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from .autodiff import Gradients
 from .constraints import reduce_member_grads
 from .errors import GraphError, NodeTypeError
 from .node import Node
+
+
+_value = attrgetter("value")
 
 
 def _squared_norm(g):
@@ -63,6 +67,7 @@ class Optimizer:
         self.clip_norm = clip_norm
         self.state = {}  # id(storage array) -> per-variable state
         self._variables = (None, None)  # (constraints version, variables): recomputed only on change
+        self._firsts = self._arrays = ()  # a member of each variable, and the array it held then
         self.steps = 0
         self.last_grad_norm = None
 
@@ -118,9 +123,13 @@ class Optimizer:
         """Apply one update from ``grads`` (a Gradients object or {param: raw gradient})."""
         cs = self.graph.constraints
         version, variables = self._variables
+        if version == cs.version and not all(map(is_, map(_value, self._firsts), self._arrays)):
+            cs._rebuild()  # a param's array was replaced since: the variables hold the old one
         if version != cs.version:
             variables = self._checked_variables(cs)
             self._variables = (cs.version, variables)
+            self._firsts = [v.members[0] for v in variables]
+            self._arrays = [v.storages[0] for v in variables]
         per_var = self._grads(grads, variables)
         for v, g in per_var.items():
             if g.shape != v.shape:

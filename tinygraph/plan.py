@@ -18,6 +18,7 @@ batches if that ever finds a cycle.
 import heapq
 from functools import partial
 from itertools import count, repeat
+from operator import attrgetter, is_
 
 import numpy as np
 
@@ -475,6 +476,12 @@ class Plan:
                         ok[bid] = False
         return tuple(bid for bid, good in ok.items()
                      if good and all(m in read for m in self.batches[bid].members))
+
+    def params_current(self):
+        """True while every param holds the array it held when the plan was made (shared as
+        then): one pass in C."""
+        arrays = list(map(attrgetter("value"), self.param_firsts))
+        return all(map(is_, map(attrgetter("value"), self.param_nodes), map(arrays.__getitem__, self.param_group_of)))
 
     @property
     def param_views(self):
