@@ -1,5 +1,5 @@
 """Batch outputs let go after forward (Plan.droppable), and the run's own copies of the
-params (autodiff._copy_params) that what it makes again is made from.
+params (autodiff._place_params) that what it makes again is made from.
 
 An unrolled net's input projections P_t = x_t @ U are one batched matmul whose members only
 the per-step add_n nodes read, and forward has added them in: a fast run then lets that
