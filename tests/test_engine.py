@@ -1029,3 +1029,37 @@ def test_an_array_met_again_shares_its_const():
     tg.tanh(h @ M)
     newest = [n for n in g.nodes if n.op == "const"][-1]
     assert newest.value is not consts[0].value and newest.value[0, 0] == M[0, 0]
+
+
+def test_identical_nodes_on_inputs_of_other_dtypes_keep_their_dtypes():
+    g = tg.Graph("dtypes")
+    a = g.input("a", (None, 3), dtype=np.float32)
+    b = g.input("b", (None, 3))
+    nodes = [tg.tanh(tg.tanh(a)), tg.tanh(tg.tanh(b))]  # batched together: one stack would promote a's
+    feeds = {"a": np.ones((2, 3), np.float32), "b": np.ones((2, 3))}
+    for kw in ({}, {"batch": False}, {"check_finite": True}):
+        acts = g.forward(feeds, **kw)
+        assert [acts[n].dtype for n in nodes] == [np.float32, np.float64], kw
+
+
+def test_an_unreached_float32_input_gradient_is_float32_zeros():
+    g = tg.Graph("zeros32")
+    xs = [g.input(f"x{t}", (None, 2), dtype=np.float32) for t in range(3)]
+    W = g.param("W", np.ones((2, 2), np.float32))
+    loss = tg.add_n([tg.sum(tg.stop_gradient(x) @ W) for x in xs])
+    grads = g.forward({f"x{t}": np.ones((4, 2), np.float32) for t in range(3)}).backward(loss)
+    assert grads[xs[0]].dtype == np.float32 and not grads[xs[0]].any()
+
+
+def test_check_gradients_of_tied_copies_sharing_one_array():
+    """Moving the shared array moves every copy: the check compares with their summed gradient."""
+    rng = np.random.default_rng(0)
+    g = tg.Graph("shared-check")
+    A = rng.standard_normal((3, 3))
+    x = g.input("x", (None, 3))
+    W1, W2 = g.param("W1", A), g.param("W2", A)
+    g.tie(W1, W2)
+    loss = tg.sum(tg.tanh(tg.tanh(x @ W1) @ W2))
+    check = tg.check_gradients(g, loss, {"x": rng.standard_normal((4, 3))})
+    assert check < 1e-6, check
+    assert list(check.errors) == ["W1"]  # (one check for the array both hold)

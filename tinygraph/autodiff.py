@@ -963,7 +963,7 @@ class _Deferred:
             gi = self.b.vjps[self.pos](self.G, self.out, *self.args)
             natural = self.G.shape[:1] + self.member_shape
             if gi is None:
-                gi = np.zeros(natural)
+                gi = np.zeros(natural, _grad_dtype(self.args[self.pos]))
             else:
                 gi = _ops.unbroadcast(gi, self.args[self.pos].shape)
                 if gi.shape != natural:

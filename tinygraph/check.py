@@ -105,10 +105,22 @@ def check_gradients(graph, loss, feeds=None, wrt=None, inputs=False, eps=1e-6, m
     # zero gradient must be judged against that scale, not against zero
     floor = noise_floor(loss_value(), eps)
     errors = {}
+    holders = {}  # id(array) -> the params holding it (tied copies of an unrolled net share one)
+    for p in graph.params:
+        holders.setdefault(id(p.value), []).append(p)
+    checked = set()
     for node in wrt:
         node = graph.own(node, "check_gradients wrt")
         if node.op == "param":
             arr = node.value
+            if id(arr) in checked:
+                continue  # (checked once per array, as the sum over the params holding it)
+            checked.add(id(arr))
+            # moving the array moves every param holding it: compare with their summed gradients
+            analytic = sum(np.asarray(grads[p], dtype=np.float64) for p in holders[id(arr)]).reshape(-1)
+            flat_idx, numeric = central_differences(loss_value, arr, eps, max_entries, rng)
+            errors[node.name] = relative_error(analytic[flat_idx], numeric, floor)
+            continue
         elif node.op == "input":
             if node.name not in by_name:
                 raise GraphError(f"check_gradients: no feed for input '{node.name}'")

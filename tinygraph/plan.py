@@ -652,11 +652,14 @@ def _bound_vjp(op, pos, attrs):
 
 
 def stack_rows(vals):
-    """np.stack for many small arrays, with less per-array overhead; None if shapes differ."""
+    """np.stack for many small arrays, with less per-array overhead; None if shapes or dtypes
+    differ (a stack of mixed dtypes would compute the narrower members in the wider one)."""
     shape = np.shape(vals[0])
     for v in vals:
         if v.shape != shape:
             return None
+    if len(set(map(attrgetter("dtype"), vals))) > 1:
+        return None
     if shape:
         return np.concatenate(vals).reshape((len(vals),) + shape)
     return np.array(vals)
