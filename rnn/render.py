@@ -624,8 +624,12 @@ class _Unrolled:
                     prev = here
         zero = [c for c in self.net.connections.values() if c.delay == 0]
         if zero:
-            tops = [g for g in self.groups if not any(c.src == g and c.dst != g for c in zero)]
             bottoms = [g for g in self.groups if not any(c.dst == g for c in zero)]
+            # (one node a group: a group alone in its step, neither feeding nor fed within it, is
+            # stacked by its own column above; as a top too, dot's newrank fails on it, "trouble
+            # in init_rank".  Unit by unit the rows chain the groups, and it is needed there.)
+            tops = [g for g in self.groups if not any(c.src == g and c.dst != g for c in zero)
+                    and (self.units or g not in bottoms)]
             first = 0 if self.units else None
             prev = None
             for t in shown:

@@ -373,3 +373,26 @@ def test_pictures_script_writes_the_four_pictures(tmp_path):
     names = {"adder_folded", "adder_unrolled", "adder_side_by_side", "adder_units"}
     assert {p.stem for p in tmp_path.iterdir()} == names
     assert len(step_clusters((tmp_path / "adder_unrolled.dot").read_text())) == T + 1
+
+
+@needs_dot
+@pytest.mark.parametrize("units", [False, True])
+def test_a_group_alone_in_its_step_renders(units):
+    """z has no connection at all (neither feeding nor fed within a step), next to delay-0
+    chains: dot's newrank failed ("trouble in init_rank") while it was also a layer's top."""
+    net = rnn.RecurrentNet("alone")
+    net.add_group("x", 2, role="input")
+    net.add_group("c", 3, activation="tanh")
+    net.add_group("d", 2)
+    net.connect("c", "d")
+    net.connect("d", "d", delay=1)
+    net.add_group("h", 3)
+    net.connect("x", "h")
+    net.connect("h", "h", delay=1)
+    net.connect("d", "h")
+    net.add_group("z", 3, activation="softmax", role="output")
+    net.add_group("k", 2, activation="tanh")
+    net.connect("h", "k")
+    root = svg_of(rnn.render(net.unroll(3), units=units))
+    clusters = [g for g in svg_groups(root, "cluster") if svg_title(g).startswith("cluster_t")]
+    assert len(clusters) == 4
