@@ -19,7 +19,7 @@ from .errors import FeedError, GraphError, NodeTypeError, NonFiniteError, ShapeE
 from .graph import param_writes
 from .node import Node
 from .plan import (BATCH, BATCH_SUM, DROPPED, FED, PRESUM, ROWS, SOURCE_VIA_BATCH, TIED_MATMUL_A, TIED_OUTER,
-                   Plan, RowOut, SlopeRow, lift, stack_rows)
+                   Plan, RowOut, SlopeRow, lift, stack_rows, viewed)
 from .rowbuffers import RowIndex, runs, stacked_view
 from .shapes import fmt
 
@@ -193,7 +193,7 @@ def run_forward(graph, feeds, outputs=None, check_finite=False, batch=None, trus
             values[node.index] = fed[node.index]
     copied = _place_params(plan, values, feeds)
     if check_finite:
-        for index in plan.source_indices:
+        for index in sorted((*plan.const_indices, *plan.param_indices)):  # (in creation order)
             _check_value(nodes[index], values)
         for node in plan.inputs:
             _check_value(node, values)
@@ -458,8 +458,8 @@ class Activations:
         and so do inputs fed whole to one batch (_trusted_feeds); the sums and products a
         lean chain did not keep (fragments.Chain) are made again."""
         v = self._values[i] if i < len(self._values) else None
-        if not self._params_copied and i in self.plan.param_views:  # (a param's live array, or a view of it)
-            _unchanged_since(self._writes, self.graph.nodes[i], "value")
+        if not self._params_copied and viewed(self.graph.nodes[i]).op == "param":  # (a live array, or a view)
+            self._as_run(i)
         dropped = self._bstore.get(DROPPED)
         mb = self.plan.member_of.get(i) if v is None or dropped else None
         if dropped and mb is not None and dropped.get(mb[0]):  # its batch's output was let go: made again, all of it
@@ -481,8 +481,12 @@ class Activations:
     def _as_run(self, i, what="value"):
         """Refuse to make node i's ``what`` again when the run did not copy its params and one
         has been written since (graph.note_param_write): it would read the new values."""
-        if not self._params_copied:
-            _unchanged_since(self._writes, self.graph.nodes[i], what)
+        if not self._params_copied and param_writes() != self._writes:
+            node = self.graph.nodes[i]
+            raise GraphError(
+                f"the {what} of '{node.name}' ({node.op}) comes from its run's parameters, which the run did not "
+                f"copy (they are larger than 1 MiB and than its feeds) and which were written since (an optimizer "
+                f"step, a tie or load_params). Ask for it before updating, or run again")
 
     def _remake_batch(self, bid):
         """A dropped batch output (_drop_output), made by the same call on the same operands
@@ -608,7 +612,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
     lazy = {}
     finals = {}
     seed_batch = plan.member_of.get(loss.index, (None,))[0]
-    writes = None if acts._params_copied else (acts._writes, nodes)  # (for gradients made when asked)
+    guard = None if acts._params_copied else acts._as_run  # (for gradients made when asked)
     unbroadcast = _ops.unbroadcast
     passthrough = _ops.passthrough
     outer = {}  # id(tie group) -> ([a], [g]): deferred shares a.T @ g of tied matmul weights
@@ -665,7 +669,7 @@ def backward_pass(acts, loss, seed, check_finite=False):
             b = step[1]
             if b.id in bstore:
                 _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied,
-                                check_finite, seed_batch, rows, owned, writes)
+                                check_finite, seed_batch, rows, owned, guard)
             else:
                 for m in reversed(b.members):
                     _backward_single(nodes[m], values, grads, accumulate, check_finite)
@@ -831,12 +835,12 @@ def _backward_single(node, values, grads, accumulate, check_finite):
 
 
 def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, finals, tied, check_finite=False,
-                    seed_batch=None, rows=None, owned=None, writes=None):
+                    seed_batch=None, rows=None, owned=None, guard=None):
     """One batched VJP per input.  Members' gradients stay rows of the stacked gradient
     (``lazy``: index -> (array, row)), handed out when asked; so do the gradients of
-    source nodes fed stacked, unless something else also contributes to them (``writes``:
-    what such a deferred gradient needs to refuse itself once uncopied params have been
-    written, None when the run copied them: see _Deferred)."""
+    source nodes fed stacked, unless something else also contributes to them (``guard``:
+    Activations._as_run of a run that did not copy its params, which such a deferred gradient
+    asks first; None when the run copied them)."""
     out, args = bstore[b.id]
     G = bgrads.pop(b.id, None)
     members = b.members
@@ -872,7 +876,7 @@ def _backward_batch(b, values, grads, bstore, bgrads, accumulate, nodes, lazy, f
         if b.fed[pos]:
             # gradients of fed inputs: nothing upstream needs them, so compute them when asked
             first = values[ref[0]]
-            deferred = _Deferred(b, pos, G, out, args, writes,
+            deferred = _Deferred(b, pos, G, out, args, guard,
                                  np.shape(first) if first is not None else bstore[FED][(b.id, pos)].shape[1:])
             if b.fed_alone[pos]:
                 lazy[(b.id, pos)] = deferred  # input k's gradient: row k (plan.fed_rows)
@@ -936,30 +940,21 @@ def _source_grads_one_by_one(b, grads, accumulate):
                 accumulate(j, _ops.unbroadcast(grads[a], shape))
 
 
-def _unchanged_since(writes, node, what):
-    if param_writes() != writes:
-        raise GraphError(
-            f"the {what} of '{node.name}' ({node.op}) comes from its run's parameters, which the run did not "
-            f"copy (they are larger than 1 MiB and than its feeds) and which were written since (an optimizer "
-            f"step, a tie or load_params). Ask for it before updating, or run again")
-
-
 class _Deferred:
     """The stacked gradient of one batched operand, computed on first access."""
 
-    __slots__ = ("b", "pos", "G", "out", "args", "member_shape", "writes", "_value")
+    __slots__ = ("b", "pos", "G", "out", "args", "member_shape", "guard", "_value")
 
-    def __init__(self, b, pos, G, out, args, writes, member_shape):
+    def __init__(self, b, pos, G, out, args, guard, member_shape):
         self.b, self.pos, self.G, self.out, self.args = b, pos, G, out, args
         self.member_shape = tuple(member_shape)
-        self.writes = writes  # None, or (param_writes() at the run, the graph's nodes): see _backward_batch
+        self.guard = guard  # None, or the run's Activations._as_run: see _backward_batch
         self._value = None
 
     def __getitem__(self, k):
         if self._value is None:
-            if self.writes is not None:
-                writes, nodes = self.writes
-                _unchanged_since(writes, nodes[self.b.inputs[self.pos][1][k]], "gradient")
+            if self.guard is not None:
+                self.guard(self.b.inputs[self.pos][1][k], "gradient")
             gi = self.b.vjps[self.pos](self.G, self.out, *self.args)
             natural = self.G.shape[:1] + self.member_shape
             if gi is None:
@@ -969,7 +964,7 @@ class _Deferred:
                 if gi.shape != natural:
                     gi = gi.reshape(natural)
             self._value = gi
-            self.G = self.out = self.args = self.writes = None  # computed: let the operands go
+            self.G = self.out = self.args = self.guard = None  # computed: let the operands go
         return self._value[k]
 
 

@@ -413,8 +413,13 @@ defop("log_softmax", _log_softmax,
       (lambda g, out, x, *, axis: g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),), _axis_shape)
 
 
+def _is_int(x):
+    """An int (Python or numpy), not a bool."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def _one_axis(axis, opname, x):
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, (bool, np.bool_)):
+    if _is_int(axis):
         return int(axis)
     what = f" of '{x.name}'" if isinstance(x, Node) else ""
     raise NodeTypeError(f"{opname}{what}: axis must be an int, got {axis!r}")
@@ -450,13 +455,13 @@ defop("mean", lambda x, *, axis, keepdims: np.mean(x, axis=axis, keepdims=keepdi
 
 
 def _axis_attr(axis, opname="reduce", x=None):
-    if axis is None or (isinstance(axis, (int, np.integer)) and not isinstance(axis, bool)):
+    if axis is None or _is_int(axis):
         return None if axis is None else int(axis)
     try:
         axes = tuple(axis)
     except TypeError:
         axes = None
-    if axes is None or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+    if axes is None or not all(map(_is_int, axes)):
         what = f" of '{x.name}'" if isinstance(x, Node) else ""
         raise NodeTypeError(f"{opname}{what}: axis must be None, an int or a tuple of ints, got {axis!r}")
     return tuple(int(a) for a in axes)
@@ -483,7 +488,7 @@ def reshape(x, shape, *, name=None):
         dims = tuple(shape)
     except TypeError:
         dims = None
-    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+    if dims is None or not all(map(_is_int, dims)):
         what = getattr(x, "name", x)
         raise NodeTypeError(f"reshape of '{what}': the new shape must be a tuple of ints (one may be -1), "
                             f"got {shape!r}")
@@ -507,7 +512,7 @@ def transpose(x, axes=None, *, name=None):
             axes = tuple(axes)
         except TypeError:
             axes = (axes,)
-        if not all(isinstance(a, (int, np.integer)) and not isinstance(a, (bool, np.bool_)) for a in axes):
+        if not all(map(_is_int, axes)):
             raise NodeTypeError(f"transpose: axes must be a tuple of ints, got {axes!r}")
         nd = len(x.shape) if isinstance(x, Node) else np.ndim(x)
         axes = tuple(int(a) + nd if int(a) < 0 else int(a) for a in axes)  # (numpy's negative axes; the VJP inverts them)
@@ -567,8 +572,7 @@ def _normalize_index(idx):
                 raise NodeTypeError(f"index arrays must hold integers, got dtype {arr.dtype}")
             out.append(arr)
         elif isinstance(i, slice):
-            if not all(v is None or (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
-                       for v in (i.start, i.stop, i.step)):
+            if not all(v is None or _is_int(v) for v in (i.start, i.stop, i.step)):
                 raise NodeTypeError(f"slice bounds must be ints or None, got {i!r}")
             out.append(i)
         else:

@@ -36,26 +36,15 @@ NO_ROWS = (None, False, None)  # a slope group's (rows, shape, dtype) when its r
 
 
 # ops whose value may be its first input's array or a view of it: a run's value of such a node
-# shares memory with a param or a fed array when that is where it comes from (Plan.param_views)
+# shares memory with a param or a fed array when that is where it comes from (viewed)
 VIEW_OPS = frozenset({"identity", "stop_gradient", "getitem", "reshape", "transpose", "broadcast_like"})
 
 
-def _viewed(node):
+def viewed(node):
     """The node whose array ``node``'s value may be (a view of): followed through VIEW_OPS."""
     while node.op in VIEW_OPS:
         node = node.inputs[0]
     return node
-
-
-def _views_of(nodes, order, source_op):
-    """Indices in ``order`` of the nodes of op ``source_op`` and of those whose value may be a
-    view of one (VIEW_OPS over it)."""
-    out = set()
-    for i in order:
-        n = nodes[i]
-        if n.op == source_op or (n.op in VIEW_OPS and n.inputs[0].index in out):
-            out.add(i)
-    return frozenset(out)
 
 
 class Marker:
@@ -378,20 +367,18 @@ class Plan:
             units = [("n", i) for i in needed]
         # sources are filled before the run; only computing nodes become steps, each with
         # its forward and its VJPs bound to the node's attributes (no lookups while running)
-        self.source_nodes = [n for n in self.order if n.op in ("param", "const")]
-        self.source_indices = [n.index for n in self.source_nodes]
-        self.const_nodes = [n for n in self.source_nodes if n.op == "const"]
+        self.const_nodes = [n for n in self.order if n.op == "const"]
         self.const_indices = [n.index for n in self.const_nodes]
         # the params, grouped by the array they held when the plan was made (T tied copies share
         # one): a run works on its own copy of each array (autodiff._place_params)
-        self.param_nodes = tuple(n for n in self.source_nodes if n.op == "param")
+        self.param_nodes = tuple(n for n in self.order if n.op == "param")
         self.param_indices = tuple(n.index for n in self.param_nodes)
-        group = {}
-        self.param_group_of = tuple(group.setdefault(id(n.value), len(group)) for n in self.param_nodes)
-        firsts = {}
-        for n, k in zip(self.param_nodes, self.param_group_of):
-            firsts.setdefault(k, n)
-        self.param_firsts = tuple(firsts[k] for k in range(len(firsts)))  # a param of each array
+        group, firsts = {}, []  # id(array) -> its number; a param of each array
+        for n in self.param_nodes:
+            if group.setdefault(id(n.value), len(firsts)) == len(firsts):
+                firsts.append(n)
+        self.param_group_of = tuple(group[id(n.value)] for n in self.param_nodes)
+        self.param_firsts = tuple(firsts)
         for kind, ref in units:
             if kind == "b":
                 steps.append((BATCH, self.batches[ref]))
@@ -443,7 +430,6 @@ class Plan:
         for frag in self.lean_fragments:
             self.recompute.update(frag.chain.recompute)
         self._consumers = None
-        self._param_views = None
         self.droppable = self._droppable(batches)
         for b in batches:
             # operands that may be the caller's arrays (fed inputs, or views of them, stacked or
@@ -451,8 +437,8 @@ class Plan:
             # (the caller may refill them)
             b.caller_operands = tuple(
                 pos for pos, (kind, ref) in enumerate(b.inputs) if b.fed[pos]
-                or (kind in ("shared", "tied") and _viewed(nodes[ref if kind == "shared" else ref[0]]).op == "input")
-                or (kind == "stack" and any(_viewed(nodes[j]).op == "input" for j in ref)))
+                or (kind in ("shared", "tied") and viewed(nodes[ref if kind == "shared" else ref[0]]).op == "input")
+                or (kind == "stack" and any(viewed(nodes[j]).op == "input" for j in ref)))
 
     def _droppable(self, batches):
         """Batches whose stacked output a fast run lets go once forward is done (an unrolled
@@ -482,14 +468,6 @@ class Plan:
         then): one pass in C."""
         arrays = list(map(attrgetter("value"), self.param_firsts))
         return all(map(is_, map(attrgetter("value"), self.param_nodes), map(arrays.__getitem__, self.param_group_of)))
-
-    @property
-    def param_views(self):
-        """The params and the nodes whose value may be a view of one: what a run that did not
-        copy its params shows of the live arrays (made when first asked: only such runs do)."""
-        if self._param_views is None:
-            self._param_views = _views_of(self.graph.nodes, [n.index for n in self.order], "param")
-        return self._param_views
 
     def consumers(self, index):
         """[(consumer index, input position)] of node ``index`` within this plan."""
